@@ -1,0 +1,224 @@
+"""The fleet file: providers, models with prices, tiers with model chains, budgets.
+
+Checked when loaded, as dramatiq checks actor options at declaration: an unknown key,
+a model without prices, a tier with no models or a reference to nothing stops start-up
+with a ``ConfigError`` naming the key (``tiers.simple.models[1]``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import ConfigError, UnknownModelError, UnknownTierError
+
+__all__ = [
+    "EMBEDDINGS_TIER",
+    "WIRE_FORMATS",
+    "BreakerConfig",
+    "BudgetConfig",
+    "FleetConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "TierConfig",
+    "load_fleet_config",
+    "parse_fleet_config",
+]
+
+#: Wire formats a provider may speak; workers/providers holds one module for each.
+WIRE_FORMATS = ("openai", "anthropic")
+#: The tier that embedding jobs run on; its queue is ``llm.embeddings``.
+EMBEDDINGS_TIER = "embeddings"
+_TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Section):
+    """One provider endpoint and how to reach it."""
+
+    kind: Literal["openai", "anthropic"]
+    base_url: str = Field(pattern=r"^https?://")
+    #: Name of the environment variable holding the key (never the key itself).
+    api_key_env: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    #: Most texts one embeddings request may carry.
+    max_batch_inputs: int = Field(default=2048, ge=1)
+
+
+class ModelConfig(_Section):
+    """One model: who serves it and what its tokens cost (USD per million)."""
+
+    provider: str
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    context_window: int = Field(gt=0)
+    #: The name sent to the provider, when it differs from the fleet's name.
+    wire_name: str | None = None
+    #: Output dimensions, for embedding models.
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+class TierConfig(_Section):
+    """A tier: its model chain (primary first) and per-tier overrides."""
+
+    models: list[str] = Field(min_length=1)
+    #: Retries per model for this tier; None inherits ``[retry].max_retries``.
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    default_max_tokens: int | None = Field(default=None, ge=1)
+
+
+class RetryConfig(_Section):
+    """Retries of one model before the chain moves on (full-jitter backoff)."""
+
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    #: A Retry-After longer than this is not waited for: the chain moves on.
+    retry_after_max_s: float = Field(default=20.0, ge=0)
+
+
+class BreakerConfig(_Section):
+    """When a provider keeps failing, every worker skips it for a cool-down."""
+
+    failure_threshold: int = Field(default=8, ge=1)
+    window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class BudgetConfig(_Section):
+    """A spending limit over a period and a scope."""
+
+    name: str
+    limit_usd: float = Field(gt=0)
+    period: Literal["daily", "weekly", "monthly"] = "daily"
+    scope: str = Field(default="global", pattern=r"^(global|(agent|user|tier|model):.+)$")
+    alert_threshold: float = Field(default=0.8, gt=0, le=1)
+    action: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = None
+
+
+class FleetConfig(_Section):
+    """The whole fleet file."""
+
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    tiers: dict[str, TierConfig]
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    default_tier: str = "simple"
+    default_max_tokens: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> FleetConfig:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(f"models.{name}.provider: unknown provider {model.provider!r}")
+        for tier_name, tier in self.tiers.items():
+            if not _TIER_NAME.match(tier_name):
+                raise ValueError(f"tiers.{tier_name}: a tier name is lowercase [a-z0-9_-]")
+            for i, model_name in enumerate(tier.models):
+                if model_name not in self.models:
+                    raise ValueError(f"tiers.{tier_name}.models[{i}]: unknown model {model_name!r}")
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier: unknown tier {self.default_tier!r}")
+        for i, budget in enumerate(self.budgets):
+            if budget.action == "downgrade" and budget.downgrade_to not in self.tiers:
+                raise ValueError(f"budgets[{i}].downgrade_to: a downgrade needs a known tier")
+        return self
+
+    # -- routing -----------------------------------------------------------
+
+    @property
+    def chat_tiers(self) -> list[str]:
+        """Tiers that serve completions (every tier but embeddings)."""
+        return [t for t in self.tiers if t != EMBEDDINGS_TIER]
+
+    def route(self, tier: str | None, model: str | None, *, embedding: bool = False) -> str:
+        """The tier a job runs on: its own, else the first that lists its model, else the
+        default. Raises UnknownTierError / UnknownModelError naming the field."""
+        if tier is not None:
+            if tier not in self.tiers:
+                raise UnknownTierError(f"unknown tier {tier!r}; known: {sorted(self.tiers)}",
+                                       field="tier")
+            if model is not None and model not in self.models:
+                raise UnknownModelError(f"unknown model {model!r}", field="model")
+            return tier
+        if model is not None:
+            if model not in self.models:
+                raise UnknownModelError(
+                    f"unknown model {model!r}; known: {sorted(self.models)}", field="model")
+            candidates = [EMBEDDINGS_TIER] if embedding else self.chat_tiers
+            for name in candidates:
+                if name in self.tiers and model in self.tiers[name].models:
+                    return name
+        if embedding:
+            if EMBEDDINGS_TIER not in self.tiers:
+                raise UnknownTierError("the fleet file defines no embeddings tier", field="tier")
+            return EMBEDDINGS_TIER
+        return self.default_tier
+
+    def chain(self, tier: str, model: str | None = None) -> list[str]:
+        """The models to try, in order: the named model first, then the tier's chain."""
+        models = list(self.tiers[tier].models)
+        if model is not None:
+            models = [model, *[m for m in models if m != model]]
+        return models
+
+    def max_retries(self, tier: str) -> int:
+        """Retries per model: the tier's own setting, else the fleet's."""
+        own = self.tiers[tier].max_retries
+        return self.retry.max_retries if own is None else own
+
+
+def _error_key(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "fleet"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    if first["type"] == "missing":
+        message = "required key is missing"
+    if not first["loc"] and ": " in message:
+        # A cross-reference check names its key at the start of its message.
+        key, message = message.split(": ", 1)
+    return key, message
+
+
+def parse_fleet_config(data: dict[str, Any], source: str = "fleet file") -> FleetConfig:
+    """Validate a parsed fleet file; a ConfigError names the first bad key."""
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        key, message = _error_key(exc)
+        raise ConfigError(f"{source}: {key}: {message}", key=key) from None
+
+
+def load_fleet_config(path: str | Path | None = None) -> FleetConfig:
+    """Load the fleet file at ``path``, or the one that ships in the package."""
+    if path is None:
+        text = resources.files("schemas").joinpath("default_fleet.toml").read_text("utf-8")
+        source = "built-in default fleet file"
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read fleet file {path}: {exc.strerror}",
+                              key="LLMFLEET_CONFIG") from None
+        source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", key="fleet") from None
+    return parse_fleet_config(data, source)

@@ -1,0 +1,213 @@
+"""The one exception hierarchy of llmfleet.
+
+Every error an agent can see comes from here, on either side of the queue. Errors
+cross the result backend as JSON (never pickle): ``to_payload()`` gives a plain dict
+and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
+
+    FleetError
+    ├── ConfigError                    the fleet file or the environment is wrong
+    ├── JobValidationError             a payload is refused; names the field
+    │   ├── UnknownTierError
+    │   ├── UnknownModelError
+    │   └── RequestTooLargeError
+    ├── JobTimeoutError                no result within the caller's timeout
+    ├── FleetUnavailableError          the broker or result backend cannot be reached
+    ├── ProviderError                  one provider call failed
+    │   ├── RetryableProviderError     worth another try of the same model
+    │   │   ├── RateLimitError         429 (may carry retry_after)
+    │   │   ├── ProviderOverloadedError   529, 503
+    │   │   ├── ProviderServerError    other 5xx, 408, 409
+    │   │   ├── ProviderTimeoutError
+    │   │   └── ProviderConnectionError
+    │   ├── ContextLengthError         prompt too long for this model; another may fit
+    │   ├── ModelNotFoundError         the provider does not know the model
+    │   ├── ProviderAuthError          401/403: a key is missing or wrong
+    │   └── ProviderBadRequestError    other 4xx: the request itself is wrong
+    ├── AllModelsFailedError           every model of the chain failed; carries attempts
+    └── WorkerError                    a worker failed in a way none of the above names
+
+Control flow that is not an error (a job moved to another model, say) does not live here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AllModelsFailedError",
+    "ConfigError",
+    "ContextLengthError",
+    "FleetError",
+    "FleetUnavailableError",
+    "JobTimeoutError",
+    "JobValidationError",
+    "ModelNotFoundError",
+    "ProviderAuthError",
+    "ProviderBadRequestError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderOverloadedError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "RetryableProviderError",
+    "UnknownModelError",
+    "UnknownTierError",
+    "WorkerError",
+]
+
+_REGISTRY: dict[str, type[FleetError]] = {}
+
+
+class FleetError(Exception):
+    """Base of every llmfleet error. ``fields`` holds the JSON-able details."""
+
+    #: Names of the keyword fields a class carries across the result backend.
+    field_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        unknown = set(fields) - set(self._all_field_names())
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no field {sorted(unknown)}")
+        for name in self._all_field_names():
+            setattr(self, name, fields.get(name))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    @classmethod
+    def _all_field_names(cls) -> tuple[str, ...]:
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for name in getattr(klass, "field_names", ()):
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
+
+    def to_payload(self) -> dict[str, Any]:
+        """A JSON-able dict; ``from_payload`` turns it back into this error."""
+        fields = {name: getattr(self, name) for name in self._all_field_names()}
+        return {"type": type(self).__name__, "message": self.message, "fields": fields}
+
+    @staticmethod
+    def from_payload(payload: dict[str, Any]) -> FleetError:
+        """Rebuild an error sent as JSON; an unknown type becomes a WorkerError."""
+        cls = _REGISTRY.get(str(payload.get("type")), None)
+        message = str(payload.get("message", ""))
+        fields = payload.get("fields") or {}
+        if cls is None:
+            return WorkerError(f"{payload.get('type')}: {message}")
+        known = {k: v for k, v in fields.items() if k in cls._all_field_names()}
+        return cls(message, **known)
+
+
+_REGISTRY["FleetError"] = FleetError
+
+
+class ConfigError(FleetError):
+    """The fleet file or the environment is wrong; ``key`` names the culprit."""
+
+    field_names = ("key",)
+
+
+class JobValidationError(FleetError):
+    """A job payload was refused; ``field`` names the offending field."""
+
+    field_names = ("field",)
+
+
+class UnknownTierError(JobValidationError):
+    """The job names a tier the fleet file does not define."""
+
+
+class UnknownModelError(JobValidationError):
+    """The job names a model the fleet file does not define."""
+
+
+class RequestTooLargeError(JobValidationError):
+    """The request is over the fleet's size limit or the model's context window."""
+
+
+class JobTimeoutError(FleetError):
+    """No result arrived within the caller's timeout; the job may still finish."""
+
+    field_names = ("job_id", "timeout")
+
+
+class FleetUnavailableError(FleetError):
+    """The broker or the result backend cannot be reached."""
+
+
+class ProviderError(FleetError):
+    """One call to a provider failed."""
+
+    field_names = ("provider", "model", "status_code")
+    #: Worth another try of the same model after a backoff.
+    retryable: ClassVar[bool] = False
+    #: Another model of the tier's chain may succeed where this one failed.
+    fallback: ClassVar[bool] = False
+
+
+class RetryableProviderError(ProviderError):
+    """A transient failure: the same call may succeed later."""
+
+    retryable = True
+    fallback = True
+
+
+class RateLimitError(RetryableProviderError):
+    """429: the provider asks us to slow down; ``retry_after`` in seconds if it said."""
+
+    field_names = ("retry_after",)
+
+
+class ProviderOverloadedError(RetryableProviderError):
+    """529 or 503: the provider is overloaded."""
+
+
+class ProviderServerError(RetryableProviderError):
+    """A 5xx (or 408/409) from the provider."""
+
+
+class ProviderTimeoutError(RetryableProviderError):
+    """The provider did not answer within the configured timeouts."""
+
+
+class ProviderConnectionError(RetryableProviderError):
+    """The provider could not be reached."""
+
+
+class ContextLengthError(ProviderError):
+    """The prompt is too long for this model; a model with a larger window may take it."""
+
+    fallback = True
+
+
+class ModelNotFoundError(ProviderError):
+    """The provider does not serve this model."""
+
+    fallback = True
+
+
+class ProviderAuthError(ProviderError):
+    """401/403: the provider's key is missing or wrong."""
+
+    fallback = True
+
+
+class ProviderBadRequestError(ProviderError):
+    """Another 4xx: the request itself is wrong, so no retry and no fallback."""
+
+
+class AllModelsFailedError(FleetError):
+    """Every model of the chain failed; ``attempts`` lists each try."""
+
+    field_names = ("tier", "attempts")
+
+
+class WorkerError(FleetError):
+    """A worker failed in a way no other class names."""

@@ -1,0 +1,212 @@
+"""Job requests and results: the shapes that cross the queue as JSON.
+
+Validated twice: where a job is submitted (the agent hears of a bad field at once) and
+again in the worker (a message that skipped the client never reaches a provider).
+Tier and model names are checked against the fleet file by ``FleetConfig.route``;
+here only the shape is checked.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "MAX_EMBED_TEXTS",
+    "MAX_REQUEST_CHARS",
+    "Attempt",
+    "CompletionJob",
+    "CompletionResult",
+    "EmbeddingJob",
+    "EmbeddingResult",
+    "JobStatus",
+    "Message",
+    "TextPart",
+    "Usage",
+    "new_job_id",
+]
+
+#: Upper bound on the characters of one job's messages (about 500k tokens): a
+#: request past it is refused at submit, before it costs a queue slot.
+MAX_REQUEST_CHARS = 2_000_000
+#: Upper bound on the texts of one embedding job; the worker splits it further
+#: into provider-sized batches.
+MAX_EMBED_TEXTS = 10_000
+
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@+-]+$")]
+
+
+def new_job_id() -> str:
+    """A fresh job id: 32 hex characters."""
+    return uuid.uuid4().hex
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life."""
+
+    #: Accepted by the client and sent to the queue.
+    QUEUED = "queued"
+    #: Answered by a provider (or the cache).
+    SUCCEEDED = "succeeded"
+    #: Every attempt failed.
+    FAILED = "failed"
+    #: Refused before any provider call (validation, budget).
+    REJECTED = "rejected"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextPart(_Strict):
+    """One text block of a message's content (the OpenAI and Anthropic block shape)."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class Message(_Strict):
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The content as one string, blocks joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class _JobBase(_Strict):
+    job_id: str = Field(default_factory=new_job_id, min_length=8, max_length=64)
+    tier: Name | None = None
+    model: Name | None = None
+    agent: Name = "anonymous"
+    user: Name | None = None
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    #: Seconds the caller will wait; the worker drops a job whose caller is gone.
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    #: Epoch seconds when the job was submitted; latency counts from here.
+    submitted_at: float = Field(default_factory=time.time)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > 64:
+            raise ValueError("at most 64 metadata keys")
+        return value
+
+
+class CompletionJob(_JobBase):
+    """A chat completion: messages plus a tier or a model."""
+
+    kind: Literal["completion"] = "completion"
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=200_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] | None = Field(default=None, max_length=4)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    #: May the job move to the next model of its tier's chain when one fails?
+    fallback: bool = True
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> CompletionJob:
+        if not any(m.role != "system" for m in self.messages):
+            raise ValueError("messages: at least one user or assistant message is needed")
+        size = sum(len(m.text) for m in self.messages)
+        if size > MAX_REQUEST_CHARS:
+            raise ValueError(f"messages: {size} characters, over the limit of {MAX_REQUEST_CHARS}")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling options that were set, as sent to a provider."""
+        names = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "seed")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class EmbeddingJob(_JobBase):
+    """Texts to embed, in order."""
+
+    kind: Literal["embedding"] = "embedding"
+    texts: list[str] = Field(min_length=1, max_length=MAX_EMBED_TEXTS)
+    dimensions: int | None = Field(default=None, ge=1, le=8192)
+
+    @field_validator("texts")
+    @classmethod
+    def _check_texts(cls, value: list[str]) -> list[str]:
+        if any(not t for t in value):
+            raise ValueError("texts: an empty string cannot be embedded")
+        if sum(len(t) for t in value) > MAX_REQUEST_CHARS:
+            raise ValueError(f"texts: over the limit of {MAX_REQUEST_CHARS} characters")
+        return value
+
+
+class Usage(_Strict):
+    """Tokens of one job; ``estimated`` when the provider gave none and we counted."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Attempt(_Strict):
+    """One provider call made for a job."""
+
+    model: str
+    provider: str
+    ok: bool
+    latency_ms: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+class _ResultBase(_Strict):
+    job_id: str
+    model: str
+    provider: str
+    tier: str | None
+    requested_model: str | None = None
+    agent: str = "anonymous"
+    user: str | None = None
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    cache_hit: bool = False
+    fallback_used: bool = False
+    attempt_log: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        """How many provider calls the job took (0 for a cache hit)."""
+        return len(self.attempt_log)
+
+
+class CompletionResult(_ResultBase):
+    """The answer to a CompletionJob."""
+
+    kind: Literal["completion"] = "completion"
+    content: str
+    finish_reason: str | None = None
+
+
+class EmbeddingResult(_ResultBase):
+    """The vectors of an EmbeddingJob, in the order of its texts."""
+
+    kind: Literal["embedding"] = "embedding"
+    vectors: list[list[float]]
+    dimensions: int

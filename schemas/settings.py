@@ -1,0 +1,122 @@
+"""Settings read from the environment (the names are a contract: DESIGN.md).
+
+Read once, into a frozen object, so that nothing deeper reads ``os.environ``. A value
+that does not parse is a ``ConfigError`` naming the variable. API keys are not kept
+here: providers read them by name when they are built, and they never reach a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.config import FleetConfig, load_fleet_config, parse_fleet_config
+from schemas.errors import ConfigError
+
+__all__ = ["Settings", "load_config"]
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false", key=name)
+
+
+def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number", key=name) from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r}: must not be negative", key=name)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the environment says, parsed."""
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    config_path: str | None = None
+    data_dir: Path | None = None
+    default_llm_model: str | None = None
+    fallback_model: str | None = None
+    enable_llm_cache: bool = True
+    cache_ttl_seconds: float = 3600.0
+    cache_max_size: int = 10_000
+    enable_cost_tracking: bool = True
+    metrics_retention_days: int = 30
+    daily_budget_limit: float | None = None
+    monthly_budget_limit: float | None = None
+    budget_alert_threshold: float = 0.8
+    #: Base URL of the provider simulator; when set, every provider is pointed at it.
+    simulator_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = env.get("LLMFLEET_DATA_DIR")
+        threshold = _number(env, "BUDGET_ALERT_THRESHOLD", 0.8)
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ConfigError("BUDGET_ALERT_THRESHOLD must be in (0, 1]",
+                              key="BUDGET_ALERT_THRESHOLD")
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
+            config_path=env.get("LLMFLEET_CONFIG") or None,
+            data_dir=Path(data_dir) if data_dir else None,
+            default_llm_model=env.get("DEFAULT_LLM_MODEL") or None,
+            fallback_model=env.get("FALLBACK_MODEL") or None,
+            enable_llm_cache=_flag(env, "ENABLE_LLM_CACHE", True),
+            cache_ttl_seconds=_number(env, "CACHE_TTL_SECONDS", 3600.0) or 0.0,
+            cache_max_size=int(_number(env, "CACHE_MAX_SIZE", 10_000) or 0),
+            enable_cost_tracking=_flag(env, "ENABLE_COST_TRACKING", True),
+            metrics_retention_days=int(_number(env, "METRICS_RETENTION_DAYS", 30) or 0),
+            daily_budget_limit=_number(env, "DAILY_BUDGET_LIMIT", None),
+            monthly_budget_limit=_number(env, "MONTHLY_BUDGET_LIMIT", None),
+            budget_alert_threshold=threshold or 0.8,
+            simulator_url=env.get("LLMFLEET_SIMULATOR_URL") or None,
+        )
+
+
+def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:
+    """DEFAULT_LLM_MODEL heads the default tier's chain; FALLBACK_MODEL ends every chat
+    tier's chain. Both must name models of the fleet file."""
+    data = fleet.model_dump()
+    for var, model in (("DEFAULT_LLM_MODEL", settings.default_llm_model),
+                       ("FALLBACK_MODEL", settings.fallback_model)):
+        if model is not None and model not in fleet.models:
+            raise ConfigError(f"{var}={model!r} is not a model of the fleet file", key=var)
+    if settings.default_llm_model:
+        tier = data["tiers"][fleet.default_tier]
+        tier["models"] = [settings.default_llm_model,
+                          *[m for m in tier["models"] if m != settings.default_llm_model]]
+    if settings.fallback_model:
+        for name in fleet.chat_tiers:
+            chain = data["tiers"][name]["models"]
+            if settings.fallback_model not in chain:
+                chain.append(settings.fallback_model)
+    if settings.simulator_url:
+        base = settings.simulator_url.rstrip("/")
+        for provider in data["providers"].values():
+            provider["base_url"] = base + "/v1" if provider["kind"] == "openai" else base
+    return parse_fleet_config(data, "fleet file with environment overrides")
+
+
+def load_config(settings: Settings | None = None) -> tuple[Settings, FleetConfig]:
+    """The settings from the environment and the fleet file they name, overrides applied."""
+    settings = Settings.from_env() if settings is None else settings
+    fleet = load_fleet_config(settings.config_path)
+    return settings, _apply_env_overrides(fleet, settings)
+
