@@ -35,6 +35,8 @@ __all__ = [
 WIRE_FORMATS = ("openai", "anthropic")
 #: The tier that embedding jobs run on; its queue is ``llm.embeddings``.
 EMBEDDINGS_TIER = "embeddings"
+#: Wire formats that serve embeddings.
+_EMBEDDING_FORMATS = ("openai",)
 _TIER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
@@ -108,6 +110,9 @@ class BudgetConfig(_Section):
     downgrade_to: str | None = None
 
 
+_NO_TIER = TierConfig.model_construct(models=[])
+
+
 class FleetConfig(_Section):
     """The whole fleet file."""
 
@@ -131,6 +136,11 @@ class FleetConfig(_Section):
             for i, model_name in enumerate(tier.models):
                 if model_name not in self.models:
                     raise ValueError(f"tiers.{tier_name}.models[{i}]: unknown model {model_name!r}")
+        for i, model_name in enumerate(self.tiers.get(EMBEDDINGS_TIER, _NO_TIER).models):
+            kind = self.providers[self.models[model_name].provider].kind
+            if kind not in _EMBEDDING_FORMATS:
+                raise ValueError(f"tiers.{EMBEDDINGS_TIER}.models[{i}]: a {kind!r} provider "
+                                 f"serves no embeddings")
         if self.default_tier not in self.tiers:
             raise ValueError(f"default_tier: unknown tier {self.default_tier!r}")
         for i, budget in enumerate(self.budgets):

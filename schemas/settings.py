@@ -63,6 +63,12 @@ class Settings:
     #: Base URL of the provider simulator; when set, every provider is pointed at it.
     simulator_url: str | None = None
 
+    @property
+    def resolved_data_dir(self) -> Path:
+        """Where the embedded servers keep their data: LLMFLEET_DATA_DIR, else
+        ``~/.local/share/llmfleet``."""
+        return self.data_dir or Path.home() / ".local" / "share" / "llmfleet"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

@@ -1,0 +1,106 @@
+"""The agent base class: an agent that calls LLMs through the fleet.
+
+It takes the place of an in-process "enhanced base agent" (client + cache + cost
+tracker in every process): caching, budgets and accounting live in the fleet, so the
+agent keeps only its name, its default tier and a tally of what its calls cost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas import CompletionResult
+from tasks.client import FleetClient
+
+__all__ = ["AgentStats", "FleetAgent"]
+
+
+@dataclass
+class AgentStats:
+    """What one agent object's calls came to (this process only)."""
+
+    jobs: int = 0
+    cache_hits: int = 0
+    fallbacks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_cost_usd: float = 0.0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.jobs if self.jobs else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "cache_hits": self.cache_hits,
+                "cache_hit_rate": round(self.cache_hit_rate, 4), "fallbacks": self.fallbacks,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_cost_usd": round(self.total_cost_usd, 6)}
+
+
+class FleetAgent:
+    """Subclass it, set ``name`` and ``tier``, and call ``call_llm``."""
+
+    name: str = "agent"
+    tier: str = "simple"
+    system_prompt: str | None = None
+
+    def __init__(self, client: FleetClient | None = None, *, name: str | None = None,
+                 user: str | None = None) -> None:
+        self.name = name or self.name
+        self.user = user
+        self.client = client or FleetClient(agent=self.name)
+        self._stats = AgentStats()
+        self._lock = threading.Lock()
+
+    def _messages(self, prompt: str | Sequence[Mapping[str, Any]],
+                  system: str | None) -> list[Mapping[str, Any]]:
+        if not isinstance(prompt, str):
+            return list(prompt)
+        messages: list[Mapping[str, Any]] = []
+        system = system if system is not None else self.system_prompt
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        options.setdefault("agent", self.name)
+        options.setdefault("user", self.user)
+        if "model" not in options:
+            options.setdefault("tier", self.tier)
+        return options
+
+    def call_llm(self, prompt: str | Sequence[Mapping[str, Any]], *, system: str | None = None,
+                 timeout: float = 60, **options: Any) -> CompletionResult:
+        """One completion through the fleet: a prompt string (with the agent's system
+        prompt) or a message list. Raises the fleet's typed errors."""
+        result = self.client.complete(self._messages(prompt, system), timeout=timeout,
+                                      **self._options(options))
+        self._tally(result)
+        return result
+
+    async def acall_llm(self, prompt: str | Sequence[Mapping[str, Any]], *,
+                        system: str | None = None, timeout: float = 60,
+                        **options: Any) -> CompletionResult:
+        result = await self.client.acomplete(self._messages(prompt, system), timeout=timeout,
+                                             **self._options(options))
+        self._tally(result)
+        return result
+
+    def _tally(self, result: CompletionResult) -> None:
+        with self._lock:
+            stats = self._stats
+            stats.jobs += 1
+            stats.cache_hits += result.cache_hit
+            stats.fallbacks += result.fallback_used
+            stats.prompt_tokens += result.usage.prompt_tokens
+            stats.completion_tokens += result.usage.completion_tokens
+            stats.total_cost_usd += result.cost_usd
+
+    def get_agent_stats(self) -> dict[str, Any]:
+        """Jobs, tokens, total cost and cache hit rate of this agent's calls."""
+        with self._lock:
+            return {"agent": self.name, **self._stats.as_dict()}

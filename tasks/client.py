@@ -1,0 +1,201 @@
+"""The agent's side of the fleet: submit jobs, await results.
+
+``FleetClient`` validates each job where it is made (a bad field fails here, before it
+costs a queue slot), routes it to its tier's queue and returns a handle. It loads no
+provider or database code: only the fleet file, to know the tiers and models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+
+from schemas import (
+    CompletionJob,
+    CompletionResult,
+    EmbeddingJob,
+    FleetConfig,
+    FleetError,
+    FleetUnavailableError,
+    JobValidationError,
+    Settings,
+    decode_outcome,
+    load_config,
+    validation_error,
+)
+from tasks._discovery import find_redis_url
+from tasks._results import ResultWaiter
+from tasks.celery_config import celery_settings
+from tasks.names import COMPLETE, COMPLETE_BATCH, EMBED, EMBEDDINGS_QUEUE, queue_for
+
+__all__ = ["BatchHandle", "FleetClient", "JobHandle"]
+
+#: Jobs per batch message: large enough to amortise a message, small enough that one
+#: worker's share of a big batch does not wait on another's.
+BATCH_SIZE = 32
+
+
+class JobHandle:
+    """A submitted job. ``get`` blocks for the result; ``wait`` is its coroutine twin."""
+
+    def __init__(self, client: FleetClient, job_id: str) -> None:
+        self._client = client
+        self.job_id = job_id
+
+    def get(self, timeout: float | None = 60) -> Any:
+        """The job's result; raises the job's error from ``schemas.errors``."""
+        return decode_outcome(self._client._waiter.wait(self.job_id, timeout))
+
+    async def wait(self, timeout: float | None = 60) -> Any:
+        return decode_outcome(await self._client._waiter.await_(self.job_id, timeout))
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job_id}>"
+
+
+class BatchHandle:
+    """Jobs submitted together; ``get`` returns their results in submission order."""
+
+    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int):
+        self._client = client
+        self._parts = parts  # (message id, positions of its jobs in the batch)
+        self._size = size
+
+    def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
+        """Results in order. The first failed job raises its error, unless
+        ``return_exceptions``, which puts each error in its job's place."""
+        results: list[Any] = [None] * self._size
+        for message_id, positions in self._parts:
+            outcome = self._client._waiter.wait(message_id, timeout)
+            envelopes = outcome.get("batch") if isinstance(outcome, dict) else None
+            if not isinstance(envelopes, list) or len(envelopes) != len(positions):
+                decode_outcome(outcome)  # raises the error the message carries
+                raise FleetUnavailableError(f"malformed batch result for {message_id}")
+            for position, envelope in zip(positions, envelopes, strict=True):
+                try:
+                    results[position] = decode_outcome(envelope)
+                except FleetError as exc:
+                    if not return_exceptions:
+                        raise
+                    results[position] = exc
+        return results
+
+
+class FleetClient:
+    """Submits completion and embedding jobs to the fleet.
+
+    Configured from the environment (REDIS_URL, LLMFLEET_CONFIG) unless told otherwise.
+    """
+
+    def __init__(self, *, redis_url: str | None = None, fleet: FleetConfig | None = None,
+                 settings: Settings | None = None, agent: str = "anonymous") -> None:
+        settings, loaded = load_config(settings)
+        self.settings = settings
+        self.fleet = fleet or loaded
+        self.agent = agent
+        url = redis_url or find_redis_url(settings)
+        self._app = Celery("llmfleet-client", set_as_current=False)
+        self._app.conf.update(celery_settings(url, url, self.fleet))
+        self._waiter = ResultWaiter(url)
+
+    # -- building jobs -----------------------------------------------------
+
+    def _completion(self, messages: Any, options: Mapping[str, Any]) -> CompletionJob:
+        data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
+        data["messages"] = messages
+        try:
+            job = CompletionJob.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        return job.model_copy(update={"tier": self.fleet.route(job.tier, job.model)})
+
+    def _embedding(self, texts: Any, options: Mapping[str, Any]) -> EmbeddingJob:
+        data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
+        data["texts"] = [texts] if isinstance(texts, str) else texts
+        try:
+            job = EmbeddingJob.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        route = self.fleet.route(job.tier, job.model, embedding=True)
+        return job.model_copy(update={"tier": route})
+
+    def _send(self, name: str, payload: Any, queue: str, task_id: str) -> None:
+        try:
+            self._app.send_task(name, args=[payload], queue=queue, task_id=task_id)
+        except OperationalError as exc:
+            raise FleetUnavailableError(f"cannot reach the broker: {exc}") from None
+
+    # -- the agent API -----------------------------------------------------
+
+    def submit(self, messages: Sequence[Mapping[str, Any]] | None = None, **options: Any
+               ) -> JobHandle:
+        """Enqueue one completion job on its tier's queue. Keywords are CompletionJob's
+        fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout..."""
+        job = self._completion(messages, options)
+        assert job.tier is not None
+        self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier), job.job_id)
+        return JobHandle(self, job.job_id)
+
+    def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
+        """Enqueue many completion jobs, batched per tier (each item takes submit's
+        keywords and ``messages``); the handle returns results in order. All are
+        validated before any is sent."""
+        built: list[CompletionJob] = []
+        for index, spec in enumerate(jobs):
+            options = dict(spec)
+            try:
+                built.append(self._completion(options.pop("messages", None), options))
+            except JobValidationError as exc:
+                raise type(exc)(f"jobs[{index}].{exc.message}",
+                                field=f"jobs[{index}].{exc.field}") from None
+        by_tier: dict[str, list[int]] = {}
+        for position, job in enumerate(built):
+            by_tier.setdefault(job.tier or "", []).append(position)
+        parts: list[tuple[str, list[int]]] = []
+        for tier, positions in by_tier.items():
+            for start in range(0, len(positions), BATCH_SIZE):
+                chunk = positions[start:start + BATCH_SIZE]
+                message_id = "batch-" + built[chunk[0]].job_id
+                payload = [built[p].model_dump(mode="json") for p in chunk]
+                self._send(COMPLETE_BATCH, payload, queue_for(tier), message_id)
+                parts.append((message_id, chunk))
+        return BatchHandle(self, parts, len(built))
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, timeout: float = 60,
+                 **options: Any) -> CompletionResult:
+        """Submit and wait: the result of one completion job."""
+        result: CompletionResult = self.submit(messages, timeout=timeout, **options).get(timeout)
+        return result
+
+    async def acomplete(self, messages: Sequence[Mapping[str, Any]], *,
+                        timeout: float = 60, **options: Any) -> CompletionResult:
+        """``complete`` for asyncio: the wait holds no thread."""
+        job = self._completion(messages, {**options, "timeout": timeout})
+        assert job.tier is not None
+        await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
+                                queue_for(job.tier), job.job_id)
+        result: CompletionResult = await JobHandle(self, job.job_id).wait(timeout)
+        return result
+
+    def embed(self, texts: str | Sequence[str], **options: Any) -> JobHandle:
+        """Enqueue an embedding job on ``llm.embeddings``; ``get()`` returns an
+        EmbeddingResult whose ``vectors`` follow the order of ``texts``."""
+        job = self._embedding(texts, options)
+        self._send(EMBED, job.model_dump(mode="json"), EMBEDDINGS_QUEUE, job.job_id)
+        return JobHandle(self, job.job_id)
+
+    def close(self) -> None:
+        self._waiter.close()
+        self._app.close()
+
+    def __enter__(self) -> FleetClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+

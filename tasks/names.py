@@ -1,0 +1,61 @@
+"""What an agent may ask of the fleet: task names, queues and the options they run with.
+
+Declared here, on the agent side, so the client enqueues by name without loading worker
+code; ``workers.tasks`` binds the bodies to these names with these options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas import EMBEDDINGS_TIER
+
+__all__ = [
+    "BEAT_HEARTBEAT",
+    "COMPLETE",
+    "COMPLETE_BATCH",
+    "EMBED",
+    "EMBEDDINGS_QUEUE",
+    "TASK_OPTIONS",
+    "queue_for",
+]
+
+#: One completion job per message.
+COMPLETE = "llm.complete"
+#: Many completion jobs of one tier in one message; the worker runs them concurrently.
+#: One message per job caps this machine near 300 jobs/s (DESIGN.md), so batches matter.
+COMPLETE_BATCH = "llm.complete_batch"
+#: One embedding job (many texts) per message.
+EMBED = "llm.embed"
+#: Beat's heartbeat, so that health reports know beat is alive.
+BEAT_HEARTBEAT = "llm.beat_heartbeat"
+
+EMBEDDINGS_QUEUE = f"llm.{EMBEDDINGS_TIER}"
+
+
+def queue_for(tier: str) -> str:
+    """The queue of a tier: ``llm.<tier>``."""
+    return f"llm.{tier}"
+
+
+_JOB_TASK: dict[str, Any] = {
+    #: Ack after the body returns: a killed worker's job is delivered again, so the
+    #: body must be idempotent (results are keyed by job id).
+    "acks_late": True,
+    #: Requeue when the worker process dies mid-job instead of failing the job. A job
+    #: that kills its worker every time would loop; jobs here only wait on HTTP.
+    "reject_on_worker_lost": True,
+    #: Retries happen inside the pipeline (backoff, Retry-After, fallback), not by
+    #: re-enqueueing: the job keeps its one attempt log.
+    "max_retries": 0,
+    #: Agents read results through the result backend.
+    "ignore_result": False,
+}
+
+#: Options of each task, applied where the bodies are bound.
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    COMPLETE: dict(_JOB_TASK),
+    COMPLETE_BATCH: dict(_JOB_TASK),
+    EMBED: dict(_JOB_TASK),
+    BEAT_HEARTBEAT: {"ignore_result": True, "acks_late": False},
+}

@@ -1,0 +1,149 @@
+"""The job pipeline: route, walk the tier's model chain, call, price, answer.
+
+Callable without Celery: ``await pipeline.complete(job)``. Small steps, each a method:
+``complete`` -> ``_walk_chain`` -> ``AttemptRunner.run`` -> ``Provider.complete``.
+A model is skipped when its context window cannot hold the request or its provider is
+cooling down; a failed model hands over to the next when its error is one another model
+can avoid (``ProviderError.fallback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from schemas import (
+    AllModelsFailedError,
+    Attempt,
+    CompletionJob,
+    CompletionResult,
+    ContextLengthError,
+    EmbeddingJob,
+    EmbeddingResult,
+    FleetConfig,
+    ProviderError,
+    Usage,
+)
+from workers.attempts import AttemptRunner, Deadline
+from workers.breaker import Breaker
+from workers.pricing import cost_of, count_tokens, estimate_prompt_tokens
+from workers.providers import ChatRequest, Completion, EmbedRequest, Embeddings, Provider
+
+__all__ = ["Pipeline"]
+
+T = TypeVar("T")
+ModelCall = Callable[[str, Provider], Awaitable[T]]
+
+
+class Pipeline:
+    def __init__(self, fleet: FleetConfig, providers: dict[str, Provider],
+                 breaker: Breaker, runner: AttemptRunner) -> None:
+        self.fleet = fleet
+        self.providers = providers
+        self.breaker = breaker
+        self.runner = runner
+
+    # -- completions -------------------------------------------------------
+
+    async def complete(self, job: CompletionJob) -> CompletionResult:
+        tier = self.fleet.route(job.tier, job.model)
+        max_tokens = job.max_tokens or self.fleet.tiers[tier].default_max_tokens \
+            or self.fleet.default_max_tokens
+        prompt_tokens = estimate_prompt_tokens(job.messages)
+        log: list[Attempt] = []
+
+        async def call(model: str, provider: Provider) -> Completion:
+            cfg = self.fleet.models[model]
+            if prompt_tokens + max_tokens > cfg.context_window:
+                raise ContextLengthError(
+                    f"{model}: {prompt_tokens} prompt + {max_tokens} output tokens exceed "
+                    f"its context window of {cfg.context_window}", model=model,
+                    provider=provider.name)
+            request = ChatRequest(model=model, wire_model=cfg.wire_name or model,
+                                  messages=job.messages, max_tokens=max_tokens,
+                                  sampling=job.sampling())
+            return await self.runner.run(lambda: provider.complete(request), model=model,
+                                         provider=provider.name, deadline=_deadline(job),
+                                         max_retries=self.fleet.max_retries(tier), log=log)
+
+        chain = self.fleet.chain(tier, job.model)
+        model, completion = await self._walk_chain(chain if job.fallback else chain[:1],
+                                                   tier, call, log)
+        usage = completion.usage or Usage(prompt_tokens=prompt_tokens,
+                                          completion_tokens=count_tokens(completion.content),
+                                          estimated=True)
+        return CompletionResult(
+            job_id=job.job_id, content=completion.content, finish_reason=completion.finish_reason,
+            model=model, provider=self.fleet.models[model].provider, tier=tier,
+            requested_model=job.model, agent=job.agent, user=job.user, usage=usage,
+            cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
+            fallback_used=model != chain[0], attempt_log=log)
+
+    # -- embeddings --------------------------------------------------------
+
+    async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
+        tier = self.fleet.route(job.tier, job.model, embedding=True)
+        log: list[Attempt] = []
+
+        async def call(model: str, provider: Provider) -> Embeddings:
+            cfg = self.fleet.models[model]
+            size = provider.config.max_batch_inputs
+            batches = [job.texts[i:i + size] for i in range(0, len(job.texts), size)]
+
+            async def one(texts: list[str]) -> Embeddings:
+                request = EmbedRequest(model=model, wire_model=cfg.wire_name or model,
+                                       texts=texts, dimensions=job.dimensions)
+                return await self.runner.run(lambda: provider.embed(request), model=model,
+                                             provider=provider.name, deadline=_deadline(job),
+                                             max_retries=self.fleet.max_retries(tier), log=log)
+
+            parts = await asyncio.gather(*(one(b) for b in batches))
+            vectors = [v for part in parts for v in part.vectors]
+            known = [p.usage for p in parts if p.usage is not None]
+            usage = (Usage(prompt_tokens=sum(u.prompt_tokens for u in known))
+                     if len(known) == len(parts) else
+                     Usage(prompt_tokens=sum(map(count_tokens, job.texts)), estimated=True))
+            return Embeddings(vectors=vectors, usage=usage)
+
+        chain = self.fleet.chain(tier, job.model)
+        model, embeddings = await self._walk_chain(chain, tier, call, log)
+        usage = embeddings.usage or Usage()
+        return EmbeddingResult(
+            job_id=job.job_id, vectors=embeddings.vectors,
+            dimensions=len(embeddings.vectors[0]) if embeddings.vectors else 0, model=model,
+            provider=self.fleet.models[model].provider, tier=tier, requested_model=job.model,
+            agent=job.agent, user=job.user, usage=usage,
+            cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
+            fallback_used=model != chain[0], attempt_log=log)
+
+    # -- the chain ---------------------------------------------------------
+
+    async def _walk_chain(self, chain: list[str], tier: str, call: ModelCall[T],
+                          log: list[Attempt]) -> tuple[str, T]:
+        """The first model of ``chain`` that answers, and its answer."""
+        errors: list[str] = []
+        for model in chain:
+            provider = self.providers[self.fleet.models[model].provider]
+            if await self.breaker.is_open(provider.name):
+                errors.append(f"{model}: {provider.name} is cooling down")
+                continue
+            try:
+                return model, await call(model, provider)
+            except ProviderError as exc:
+                if not exc.fallback:
+                    raise
+                errors.append(f"{model}: {type(exc).__name__}")
+        raise AllModelsFailedError(
+            f"every model of tier {tier!r} failed: " + "; ".join(errors), tier=tier,
+            attempts=[a.model_dump(mode="json") for a in log])
+
+
+def _deadline(job: CompletionJob | EmbeddingJob) -> Deadline:
+    at = None if job.timeout is None else job.submitted_at + job.timeout
+    return Deadline(at=at, job_id=job.job_id)
+
+
+def _latency(job: CompletionJob | EmbeddingJob) -> float:
+    return round(max(0.0, time.time() - job.submitted_at) * 1000, 3)

@@ -1,0 +1,57 @@
+"""Providers, chosen from a registry by the fleet file's ``kind`` (never an if-chain)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import httpx
+
+from schemas import FleetConfig
+from workers.providers.anthropic import AnthropicProvider
+from workers.providers.base import (
+    ChatRequest,
+    Completion,
+    EmbedRequest,
+    Embeddings,
+    Provider,
+    error_for_status,
+    redact,
+)
+from workers.providers.openai import OpenAIProvider
+
+__all__ = [
+    "PROVIDER_KINDS",
+    "ChatRequest",
+    "Completion",
+    "EmbedRequest",
+    "Embeddings",
+    "Provider",
+    "build_providers",
+    "error_for_status",
+    "missing_keys",
+    "redact",
+]
+
+#: Wire format name -> the class that speaks it.
+PROVIDER_KINDS: dict[str, type[Provider]] = {
+    OpenAIProvider.kind: OpenAIProvider,
+    AnthropicProvider.kind: AnthropicProvider,
+}
+
+
+def build_providers(fleet: FleetConfig, http: httpx.AsyncClient,
+                    env: Mapping[str, str]) -> dict[str, Provider]:
+    """One provider object per fleet-file provider, sharing one HTTP client."""
+    return {
+        name: PROVIDER_KINDS[cfg.kind](
+            name, cfg, http, env.get(cfg.api_key_env) if cfg.api_key_env else None)
+        for name, cfg in fleet.providers.items()
+    }
+
+
+def missing_keys(fleet: FleetConfig, tiers: Iterable[str],
+                 env: Mapping[str, str]) -> dict[str, str]:
+    """Providers used by ``tiers`` whose key variable is unset: {provider: variable}."""
+    used = {fleet.models[m].provider for t in tiers for m in fleet.tiers[t].models}
+    return {name: cfg.api_key_env for name, cfg in fleet.providers.items()
+            if name in used and cfg.api_key_env and not env.get(cfg.api_key_env)}

