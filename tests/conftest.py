@@ -1,0 +1,104 @@
+"""Shared fixtures: real Redis and Postgres (embedded unless the environment names
+servers), the provider simulator over real HTTP, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas import FleetConfig, Settings, load_config
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llmfleet-data")
+
+
+@pytest.fixture(scope="session")
+def services(data_dir: Path) -> Iterator[tuple[str, str | None]]:
+    """(redis_url, database_url): TEST_REDIS_URL / TEST_DATABASE_URL when set, else the
+    embedded servers, started once for the session and stopped after it."""
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    if redis_url and database_url:
+        yield redis_url, database_url
+        return
+    from workers.embedded import ensure_stack, stop_stack
+
+    info = ensure_stack(data_dir, redis=not redis_url, postgres=not database_url)
+    try:
+        yield redis_url or info.redis_url, database_url or info.database_url
+    finally:
+        stop_stack(data_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: tuple[str, str | None]) -> str:
+    return services[0]
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[object]:
+    from workers.simulator import SimulatorConfig, SimulatorThread
+
+    with SimulatorThread(SimulatorConfig(latency_ms=0)) as sim:
+        yield sim
+
+
+@pytest.fixture()
+def sim(simulator: object) -> Iterator[object]:
+    """The session simulator, reset to a clean configuration for each test."""
+    simulator.configure(latency_ms=0, jitter_ms=0, error_rate=0, rate_limit_rate=0,  # type: ignore[attr-defined]
+                        fail_models={}, known_models=None, context_limits={}, omit_usage=False)
+    simulator.reset_stats()  # type: ignore[attr-defined]
+    yield simulator
+
+
+@pytest.fixture(scope="session")
+def fleet_env(redis_url: str, simulator: object, data_dir: Path) -> dict[str, str]:
+    """Environment for processes of a test fleet: its Redis, the simulator, no keys."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    env.update(REDIS_URL=redis_url, LLMFLEET_SIMULATOR_URL=simulator.base_url,  # type: ignore[attr-defined]
+               LLMFLEET_DATA_DIR=str(data_dir))
+    return env
+
+
+@pytest.fixture(scope="session")
+def fleet(fleet_env: dict[str, str]) -> FleetConfig:
+    return load_config(Settings.from_env(fleet_env))[1]
+
+
+def start_worker(env: dict[str, str], tiers: str, name: str,
+                 log: Path) -> subprocess.Popen[bytes]:
+    """A real ``llmfleet worker`` process."""
+    out = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "worker", "--tiers", tiers, "--concurrency", "16",
+         "--loglevel", "WARNING", "--hostname", f"{name}@%h"],
+        env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(predicate: object, timeout: float = 30, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

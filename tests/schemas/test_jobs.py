@@ -1,0 +1,73 @@
+"""Job payloads are refused with an error naming the field, before they reach a queue."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import (
+    MAX_REQUEST_CHARS,
+    CompletionJob,
+    EmbeddingJob,
+    JobValidationError,
+    validation_error,
+)
+
+USER = {"role": "user", "content": "hi"}
+
+
+def _refusal(**payload: object) -> JobValidationError:
+    with pytest.raises(ValidationError) as info:
+        CompletionJob.model_validate(payload)
+    return validation_error(info.value)
+
+
+def test_a_valid_job_keeps_its_fields_and_gets_an_id() -> None:
+    job = CompletionJob.model_validate({"messages": [USER], "tier": "simple", "max_tokens": 5})
+    assert job.tier == "simple" and job.max_tokens == 5
+    assert len(job.job_id) == 32
+    assert job.messages[0].text == "hi"
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "messages"),
+    ({"messages": [USER], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [USER], "temperature": 3}, "temperature"),
+    ({"messages": [USER], "colour": "blue"}, "colour"),
+    ({"messages": [USER], "tier": "no spaces allowed"}, "tier"),
+    ({"messages": [USER], "timeout": -1}, "timeout"),
+])
+def test_each_bad_field_is_named(payload: dict[str, object], field: str) -> None:
+    error = _refusal(**payload)
+    assert error.field == field
+    assert str(error).startswith(field)
+
+
+def test_an_oversized_request_is_refused_naming_messages() -> None:
+    error = _refusal(messages=[{"role": "user", "content": "x" * (MAX_REQUEST_CHARS + 1)}])
+    assert error.field == "messages"
+    assert "limit" in str(error)
+
+
+def test_content_blocks_are_joined_as_text() -> None:
+    job = CompletionJob.model_validate({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    assert job.messages[0].text == "ab"
+
+
+def test_sampling_holds_only_the_options_set() -> None:
+    job = CompletionJob.model_validate({"messages": [USER], "temperature": 0.2, "stop": ["x"]})
+    assert job.sampling() == {"temperature": 0.2, "stop": ["x"]}
+
+
+def test_an_embedding_job_refuses_empty_texts() -> None:
+    with pytest.raises(ValidationError) as info:
+        EmbeddingJob.model_validate({"texts": ["ok", ""]})
+    assert validation_error(info.value).field == "texts"
+
+
+def test_a_job_survives_its_json_round_trip() -> None:
+    job = CompletionJob.model_validate({"messages": [USER], "metadata": {"k": 1}})
+    assert CompletionJob.model_validate_json(job.model_dump_json()) == job

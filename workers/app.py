@@ -1,0 +1,52 @@
+"""The Celery app of the workers: queues per tier, JSON only, the bound task bodies.
+
+``celery --app workers.app:app ...`` (Flower, for one) gets the app configured from
+the environment; ``create_app`` builds one for given URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from schemas import FleetConfig, load_config
+from tasks.celery_config import celery_settings, fleet_queues
+from tasks.names import BEAT_HEARTBEAT
+from workers.task_bodies import bind_tasks
+
+__all__ = ["app", "create_app"]
+
+#: Seconds between beat's heartbeats.
+HEARTBEAT_EVERY_S = 30.0
+
+
+def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
+    celery = Celery("llmfleet", set_as_current=False)
+    settings: dict[str, Any] = celery_settings(redis_url, redis_url, fleet)
+    settings["task_queues"] = [Queue(name) for name in fleet_queues(fleet)]
+    settings["beat_schedule"] = {
+        "heartbeat": {"task": BEAT_HEARTBEAT, "schedule": HEARTBEAT_EVERY_S,
+                      "options": {"queue": settings["task_default_queue"]}},
+    }
+    celery.conf.update(settings)
+    bind_tasks(celery)
+    return celery
+
+
+def _from_env() -> Celery:
+    settings, fleet = load_config()
+    from tasks._discovery import find_redis_url
+
+    return create_app(find_redis_url(settings), fleet)
+
+
+def __getattr__(name: str) -> Any:
+    """``workers.app:app`` is built on first access, so importing this module reads
+    no environment and starts nothing."""
+    if name == "app":
+        built = _from_env()
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,99 @@
+"""One per worker process: an event loop thread and what lives on it.
+
+Celery's thread pool runs the task bodies; each body hands its job to this loop and
+waits. So a worker process keeps as many provider calls in flight as it has pool
+threads, all on one pooled HTTP client (httpx's API over aiohttp's transport, which
+stays fast at high concurrency where httpx's own async transport does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+import httpx
+import redis.asyncio as aioredis
+from httpx_aiohttp import AiohttpTransport
+
+from schemas import FleetConfig, Settings
+from workers.attempts import AttemptRunner
+from workers.breaker import Breaker
+from workers.pipeline import Pipeline
+from workers.providers import build_providers
+
+__all__ = ["WorkerRuntime", "get_runtime", "reset_runtime"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Connections per process to all providers together.
+MAX_CONNECTIONS = 512
+
+
+class WorkerRuntime:
+    def __init__(self, fleet: FleetConfig, redis_url: str,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.fleet = fleet
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="llmfleet-io")
+        self._thread.start()
+        self.pipeline: Pipeline = self.run(self._build(redis_url, dict(env or os.environ)))
+
+    async def _build(self, redis_url: str, env: dict[str, str]) -> Pipeline:
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS,
+                              max_keepalive_connections=MAX_CONNECTIONS)
+        self.http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits)
+        self.redis = aioredis.from_url(redis_url)
+        breaker = Breaker(self.redis, self.fleet.breaker)
+        providers = build_providers(self.fleet, self.http, env)
+        return Pipeline(self.fleet, providers, breaker,
+                        AttemptRunner(retry=self.fleet.retry, breaker=breaker))
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block this thread until it is done."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.http.aclose()
+            await self.redis.aclose()
+
+        if self._loop.is_closed():
+            return
+        self.run(_close(), timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+_lock = threading.Lock()
+_runtime: WorkerRuntime | None = None
+
+
+def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
+    """This process's runtime, built on first use from the environment."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                from schemas import load_config
+
+                settings, fleet = load_config(settings)
+                if not settings.redis_url:
+                    raise RuntimeError("the worker's REDIS_URL must be set before jobs run")
+                _runtime = WorkerRuntime(fleet, settings.redis_url)
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Close this process's runtime (tests, worker shutdown)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None

@@ -1,0 +1,94 @@
+"""The task bodies, bound to the names and options declared in ``tasks.names``.
+
+Thin on purpose: parse the payload, run the pipeline, return a JSON envelope. A bad
+payload or a failed job becomes an error envelope; nothing a job carries can kill the
+worker or lose another job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from celery import Celery
+from pydantic import BaseModel, ValidationError
+
+from schemas import (
+    CompletionJob,
+    CompletionResult,
+    EmbeddingJob,
+    EmbeddingResult,
+    FleetError,
+    WorkerError,
+    encode_error,
+    encode_result,
+    validation_error,
+)
+from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
+from workers.keys import BEAT_LAST_RUN
+from workers.runtime import get_runtime
+
+__all__ = ["bind_tasks"]
+
+log = logging.getLogger(__name__)
+
+
+async def _guarded(payload: Any, model: type[BaseModel],
+                   run: Callable[[Any], Awaitable[BaseModel]]) -> dict[str, Any]:
+    """Validate and run one job; every outcome becomes an envelope."""
+    try:
+        job = model.model_validate(payload)
+    except ValidationError as exc:
+        return encode_error(validation_error(exc))
+    try:
+        result = await run(job)
+    except FleetError as exc:
+        return encode_error(exc)
+    except Exception as exc:  # a bug of ours must not take the worker or the batch down
+        log.exception("job %s failed unexpectedly", getattr(job, "job_id", "?"))
+        return encode_error(WorkerError(f"unexpected {type(exc).__name__} in the worker"))
+    assert isinstance(result, CompletionResult | EmbeddingResult)
+    return encode_result(result)
+
+
+def complete(payload: Any) -> dict[str, Any]:
+    runtime = get_runtime()
+    return runtime.run(_guarded(payload, CompletionJob, runtime.pipeline.complete))
+
+
+def complete_batch(payloads: Any) -> dict[str, Any]:
+    """Many jobs of one tier from one message, run concurrently; results in order."""
+    runtime = get_runtime()
+    if not isinstance(payloads, list):
+        return encode_error(WorkerError("a batch message must carry a list of jobs"))
+
+    async def run_all() -> list[dict[str, Any]]:
+        return await asyncio.gather(
+            *(_guarded(p, CompletionJob, runtime.pipeline.complete) for p in payloads))
+
+    return {"ok": True, "batch": runtime.run(run_all())}
+
+
+def embed(payload: Any) -> dict[str, Any]:
+    runtime = get_runtime()
+    return runtime.run(_guarded(payload, EmbeddingJob, runtime.pipeline.embed))
+
+
+def beat_heartbeat() -> None:
+    """Beat's proof of life, read by health reports."""
+    import time
+
+    runtime = get_runtime()
+    runtime.run(runtime.redis.set(BEAT_LAST_RUN, f"{time.time():.3f}"))
+
+
+def bind_tasks(app: Celery) -> None:
+    """Register the bodies on ``app`` under the declared names and options."""
+    bodies: dict[str, Callable[..., Any]] = {
+        COMPLETE: complete, COMPLETE_BATCH: complete_batch, EMBED: embed,
+        BEAT_HEARTBEAT: beat_heartbeat,
+    }
+    for name, body in bodies.items():
+        app.task(name=name, **TASK_OPTIONS[name])(body)
