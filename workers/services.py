@@ -33,8 +33,7 @@ def resolve_services(settings: Settings, *, postgres: bool = True) -> Services:
     return Services(
         redis_url=settings.redis_url or info.redis_url,
         database_url=settings.database_url or (info.database_url if need_pg else None),
-        started=tuple(info.started_servers) if hasattr(info, "started_servers") else (
-            ("embedded",) if info.started else ()),
+        started=info.started_servers,
         embedded=True,
     )
 
