@@ -1,16 +1,20 @@
-"""Runtime knobs of the provider simulator, and the counters it keeps.
+"""Runtime knobs of the provider simulator, and the state it keeps.
 
 Tests, the demo and benchmarks change latency and failure injection while
 the server runs, so the config is a plain mutable object shared with the app;
 `update` validates every field first so a bad change never half-applies.
+The app's state (counters and the seeded draws) lives here beside it.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from aiohttp import web
 
 _FLOATS = ("latency_ms", "jitter_ms", "error_rate", "rate_limit_rate")
 _RATES = ("error_rate", "rate_limit_rate")
@@ -122,3 +126,33 @@ class SimulatorStats:
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
         }
+
+
+class SimState:
+    """What the handlers share: the live config, the counters, the seeded draws."""
+
+    __slots__ = ("_draws", "_jitter", "_seed", "config", "stats")
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = SimulatorStats()
+        self._reseed(config.seed)
+
+    def _reseed(self, seed: int) -> None:
+        self._seed = seed
+        self._draws = random.Random(seed)
+        self._jitter = random.Random(seed + 1)  # jitter never shifts the failure draws
+
+    def draw(self) -> float:
+        """The next failure-injection draw; a new seed restarts the sequence."""
+        if self.config.seed != self._seed:
+            self._reseed(self.config.seed)
+        return self._draws.random()
+
+    def delay_s(self) -> float:
+        jitter = self.config.jitter_ms
+        extra = self._jitter.uniform(0.0, jitter) if jitter else 0.0
+        return (self.config.latency_ms + extra) / 1000.0
+
+
+STATE = web.AppKey("simulator_state", SimState)

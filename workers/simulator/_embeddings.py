@@ -13,6 +13,7 @@ import array
 import base64
 import functools
 import hashlib
+import itertools
 import math
 import re
 import sys
@@ -51,7 +52,7 @@ def _feature_hash(feature: str) -> int:
 
 def _features(text: str) -> list[str]:
     words = _WORD.findall(text.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def embed(text: str, dimensions: int) -> list[float]:
@@ -61,16 +62,19 @@ def embed(text: str, dimensions: int) -> list[float]:
     the bucket its hash selects. A text with no words, or whose features
     cancel out, maps to the first basis vector.
     """
-    vector = [0.0] * dimensions
+    buckets: dict[int, float] = {}
     for feature in _features(text):
         hashed = _feature_hash(feature)
-        vector[hashed % dimensions] += -1.0 if hashed & _SIGN_BIT else 1.0
-    norm = math.sqrt(math.fsum(x * x for x in vector if x))
+        index = hashed % dimensions
+        buckets[index] = buckets.get(index, 0.0) + (-1.0 if hashed & _SIGN_BIT else 1.0)
+    norm = math.sqrt(math.fsum(x * x for x in buckets.values()))
+    vector = [0.0] * dimensions  # sparse: only the touched buckets are visited
     if norm == 0.0:
         vector[0] = 1.0
         return vector
-    scale = 1.0 / norm
-    return [x * scale if x else 0.0 for x in vector]
+    for index, value in buckets.items():
+        vector[index] = value / norm
+    return vector
 
 
 def to_base64(vector: list[float]) -> str:

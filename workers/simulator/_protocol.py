@@ -56,7 +56,8 @@ def error_response(rej: Reject, fmt: Fmt) -> web.Response:
         kind = _ANTHROPIC_TYPES.get(rej.status, "api_error" if server else "invalid_request_error")
         body = {"type": "error", "error": {"type": kind, "message": rej.message}}
     headers = None if rej.retry_after is None else {"Retry-After": str(rej.retry_after)}
-    return web.json_response(body, status=rej.status, headers=headers)
+    reason = "Overloaded" if rej.status == 529 else None  # not in http.HTTPStatus
+    return web.json_response(body, status=rej.status, reason=reason, headers=headers)
 
 
 def context_error(fmt: Fmt, tokens: int | None, limit: int | None) -> Reject:

@@ -94,26 +94,36 @@ def _echo_words(messages: Sequence[Mapping[str, object]]) -> list[str]:
     return ["Hello."]
 
 
-def _decode_prefix(tokens: list[int], limit: int) -> str:
-    """The longest decoded prefix of `tokens` that re-encodes to <= limit tokens."""
+def _decode_prefix(tokens: list[int], limit: int) -> tuple[str, int]:
+    """The longest decoded prefix of `tokens` that re-encodes to <= limit tokens.
+
+    Returns the text and its token count. Cutting mid-character or where BPE
+    would merge differently can change the count; the loop backs off until
+    the text honours the limit, so usage always equals the text's tokens.
+    """
     enc = encoder()
     for keep in range(min(limit, len(tokens)), 0, -1):
         text = enc.decode_bytes(tokens[:keep]).decode("utf-8", errors="ignore")
-        if len(enc.encode_ordinary(text)) <= limit:
-            return text
-    return ""
+        count = len(enc.encode_ordinary(text))
+        if count <= limit:
+            return text, count
+    return "", 0
 
 
 @functools.lru_cache(maxsize=4096)
-def _natural_reply(model: str, words: tuple[str, ...], target: int) -> str:
-    """`target` tokens of "Simulated reply from MODEL: WORDS WORDS ..."."""
-    enc = encoder()
-    head = f"Simulated reply from {model}:"
-    tail = " " + " ".join(words)
-    head_len = len(enc.encode_ordinary(head))
-    tail_len = max(1, len(enc.encode_ordinary(tail)))
-    repeats = max(1, -(-(target - head_len) // tail_len) + 1)
-    return _decode_prefix(enc.encode_ordinary(head + tail * repeats), target)
+def _natural_reply(model: str, words: tuple[str, ...], target: int) -> tuple[str, int]:
+    """About `target` tokens of "WORDS (simulated by MODEL) WORDS WORDS ...".
+
+    The prompt's words come first so that even a short reply shows which
+    request it answers (tests and the demo rely on that).
+
+    Every word is at least one token, so repeating the words target/len + 1
+    times always reaches the target: one encode, then the cut.
+    """
+    repeats = target // len(words) + 1
+    echo = " ".join(words)
+    text = f"{echo} (simulated by {model})" + (" " + echo) * repeats
+    return _decode_prefix(encoder().encode_ordinary(text), target)
 
 
 def _first_stop(text: str, stops: Iterable[str]) -> tuple[int, str] | None:
@@ -134,13 +144,13 @@ def make_reply(
     """
     span = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
     target = MIN_REPLY_TOKENS + _stable_hash(model, messages) % span
-    text = _natural_reply(model, tuple(_echo_words(messages)), target)
+    text, count = _natural_reply(model, tuple(_echo_words(messages)), target)
     matched: str | None = None
     hit = _first_stop(text, stop)
     if hit is not None:
         text, matched = text[: hit[0]], hit[1]
-    tokens = encoder().encode_ordinary(text)
-    if max_tokens is not None and len(tokens) > max_tokens:
-        text = _decode_prefix(tokens, max_tokens)
-        return Reply(text, count_tokens(text), True, None)
-    return Reply(text, len(tokens), False, matched)
+        count = count_tokens(text)
+    if max_tokens is not None and count > max_tokens:
+        text, count = _decode_prefix(encoder().encode_ordinary(text), max_tokens)
+        return Reply(text, count, True, None)
+    return Reply(text, count, False, matched)
