@@ -96,7 +96,7 @@ class FleetError(Exception):
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> FleetError:
         """Rebuild an error sent as JSON; an unknown type becomes a WorkerError."""
-        cls = _REGISTRY.get(str(payload.get("type")), None)
+        cls = _REGISTRY.get(str(payload.get("type")))
         message = str(payload.get("message", ""))
         fields = payload.get("fields") or {}
         if cls is None:
@@ -111,13 +111,15 @@ _REGISTRY["FleetError"] = FleetError
 class ConfigError(FleetError):
     """The fleet file or the environment is wrong; ``key`` names the culprit."""
 
-    field_names = ("key",)
+    field_names: ClassVar[tuple[str, ...]] = ("key",)
+    key: str | None
 
 
 class JobValidationError(FleetError):
     """A job payload was refused; ``field`` names the offending field."""
 
-    field_names = ("field",)
+    field_names: ClassVar[tuple[str, ...]] = ("field",)
+    field: str | None
 
 
 class UnknownTierError(JobValidationError):
@@ -135,7 +137,9 @@ class RequestTooLargeError(JobValidationError):
 class JobTimeoutError(FleetError):
     """No result arrived within the caller's timeout; the job may still finish."""
 
-    field_names = ("job_id", "timeout")
+    field_names: ClassVar[tuple[str, ...]] = ("job_id", "timeout")
+    job_id: str | None
+    timeout: float | None
 
 
 class FleetUnavailableError(FleetError):
@@ -145,7 +149,10 @@ class FleetUnavailableError(FleetError):
 class ProviderError(FleetError):
     """One call to a provider failed."""
 
-    field_names = ("provider", "model", "status_code")
+    field_names: ClassVar[tuple[str, ...]] = ("provider", "model", "status_code")
+    provider: str | None
+    model: str | None
+    status_code: int | None
     #: Worth another try of the same model after a backoff.
     retryable: ClassVar[bool] = False
     #: Another model of the tier's chain may succeed where this one failed.
@@ -162,7 +169,8 @@ class RetryableProviderError(ProviderError):
 class RateLimitError(RetryableProviderError):
     """429: the provider asks us to slow down; ``retry_after`` in seconds if it said."""
 
-    field_names = ("retry_after",)
+    field_names: ClassVar[tuple[str, ...]] = ("retry_after",)
+    retry_after: float | None
 
 
 class ProviderOverloadedError(RetryableProviderError):
@@ -206,7 +214,9 @@ class ProviderBadRequestError(ProviderError):
 class AllModelsFailedError(FleetError):
     """Every model of the chain failed; ``attempts`` lists each try."""
 
-    field_names = ("tier", "attempts")
+    field_names: ClassVar[tuple[str, ...]] = ("tier", "attempts")
+    tier: str | None
+    attempts: list[dict[str, Any]] | None
 
 
 class WorkerError(FleetError):

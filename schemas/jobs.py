@@ -45,7 +45,7 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a job is in its life."""
 
     #: Accepted by the client and sent to the queue.

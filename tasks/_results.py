@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 from typing import Any
@@ -139,10 +140,9 @@ class ResultWaiter:
             waiters.remove(future)
         if not waiters and key in self._waiters:
             del self._waiters[key]
-            try:
+            # A gone connection needs no unsubscribe; the next subscribe reconnects.
+            with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(key)
-            except (RedisError, OSError):
-                pass  # the connection is gone; a new subscribe reconnects it
 
     async def _read(self) -> None:
         while True:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from schemas import FleetConfig, load_config
 from tasks.celery_config import celery_settings, fleet_queues
 from tasks.names import BEAT_HEARTBEAT
 from workers.task_bodies import bind_tasks
 
-__all__ = ["app", "create_app"]
+__all__ = ["create_app"]  # and ``app``, built on first access
 
 #: Seconds between beat's heartbeats.
 HEARTBEAT_EVERY_S = 30.0
@@ -25,7 +25,8 @@ HEARTBEAT_EVERY_S = 30.0
 def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     celery = Celery("llmfleet", set_as_current=False)
     settings: dict[str, Any] = celery_settings(redis_url, redis_url, fleet)
-    settings["task_queues"] = [Queue(name) for name in fleet_queues(fleet)]
+    # kombu ships no type hints for Queue.
+    settings["task_queues"] = [Queue(name) for name in fleet_queues(fleet)]  # type: ignore[no-untyped-call]
     settings["beat_schedule"] = {
         "heartbeat": {"task": BEAT_HEARTBEAT, "schedule": HEARTBEAT_EVERY_S,
                       "options": {"queue": settings["task_default_queue"]}},

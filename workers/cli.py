@@ -61,10 +61,10 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     Scale out by running more of these, on this or other machines, against the same
     REDIS_URL.
     """
-    from workers.services import export_service_env, resolve_services
     from tasks.celery_config import fleet_queues
     from workers.app import create_app
     from workers.providers import missing_keys
+    from workers.services import export_service_env, resolve_services
 
     settings, fleet = load_config()
     chosen = _tiers(tiers, list(fleet.tiers))

@@ -81,17 +81,18 @@ def _start_simulator(fleet: FleetConfig, latency_ms: float, stack: ExitStack,
     return simulator
 
 
-def _run_agents(client: FleetClient, jobs: int, console: Console) -> tuple[list[Outcome],
-                                                                          list[FleetAgent]]:
-    agents = {cls: cls(client) for cls in (Coder, Planner, Reviewer)}
+def _run_agents(client: FleetClient, jobs: int,
+                console: Console) -> tuple[list[Outcome], list[FleetAgent]]:
+    agents: dict[type[FleetAgent], FleetAgent] = {
+        cls: cls(client) for cls in (Coder, Planner, Reviewer)}
     work = _workload(jobs, random.Random(42))
     outcomes: list[Outcome] = []
 
     def one(cls: type[FleetAgent], prompt: str) -> Outcome:
         agent = agents[cls]
         try:
-            result = agent.call_llm(prompt, max_tokens=48, user=f"user-{zlib.crc32(prompt.encode()) % 5}",
-                                    timeout=90)
+            user = f"user-{zlib.crc32(prompt.encode()) % 5}"
+            result = agent.call_llm(prompt, max_tokens=48, user=user, timeout=90)
             return Outcome(agent.name, cls.tier, result, None)
         except FleetError as exc:
             return Outcome(agent.name, cls.tier, None, type(exc).__name__)
@@ -136,7 +137,8 @@ def _summary(outcomes: list[Outcome], console: Console) -> None:
 
 
 def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = False) -> int:
-    console = Console()
+    # A pipe gets 80 columns by default, too few for the summary table.
+    console = Console(width=None if Console().is_terminal else 110)
     settings, fleet = load_config()
     started = time.monotonic()
     with ExitStack() as stack:
@@ -151,6 +153,7 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
             stack.callback(stop_stack, settings.resolved_data_dir)
         from workers.providers import missing_keys
 
+        simulator = None
         if set(missing_keys(fleet, fleet.tiers, os.environ)) == set(fleet.providers) \
                 or settings.simulator_url:
             if not settings.simulator_url:
@@ -173,6 +176,11 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
                       f"({vectors.dimensions} dimensions, ${vectors.cost_usd:.6f})")
         outcomes, agents = _run_agents(client, jobs, console)
         _summary(outcomes, console)
+        if simulator is not None:
+            counts = simulator.stats()
+            by_status = ", ".join(f"{n} x {s}" for s, n in sorted(counts["by_status"].items()))
+            console.print(f"Provider calls seen by the simulator: {counts['requests']} "
+                          f"({by_status})")
         for agent in agents:
             stats = agent.get_agent_stats()
             console.print(f"  {stats['agent']}: {stats['jobs']} jobs, "

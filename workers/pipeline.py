@@ -29,7 +29,7 @@ from schemas import (
 from workers.attempts import AttemptRunner, Deadline
 from workers.breaker import Breaker
 from workers.pricing import cost_of, count_tokens, estimate_prompt_tokens
-from workers.providers import ChatRequest, Completion, EmbedRequest, Embeddings, Provider
+from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
 __all__ = ["Pipeline"]
 

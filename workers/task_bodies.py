@@ -81,7 +81,11 @@ def beat_heartbeat() -> None:
     import time
 
     runtime = get_runtime()
-    runtime.run(runtime.redis.set(BEAT_LAST_RUN, f"{time.time():.3f}"))
+
+    async def stamp() -> None:
+        await runtime.redis.set(BEAT_LAST_RUN, f"{time.time():.3f}")
+
+    runtime.run(stamp())
 
 
 def bind_tasks(app: Celery) -> None:

@@ -53,7 +53,8 @@ def test_an_oversized_request_is_refused_naming_messages() -> None:
 
 def test_content_blocks_are_joined_as_text() -> None:
     job = CompletionJob.model_validate({"messages": [
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+        {"role": "user", "content": [{"type": "text", "text": "a"},
+                                     {"type": "text", "text": "b"}]}]})
     assert job.messages[0].text == "ab"
 
 

@@ -11,8 +11,8 @@ from workers.providers.anthropic import AnthropicProvider
 from workers.providers.base import (
     ChatRequest,
     Completion,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     Provider,
     error_for_status,
     redact,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas import ProviderServerError, Usage
-from workers.providers.base import ChatRequest, Completion, EmbedRequest, Embeddings, Provider
+from workers.providers.base import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
 __all__ = ["OpenAIProvider"]
 
