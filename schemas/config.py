@@ -91,7 +91,7 @@ class RetryConfig(_Section):
 
 
 class BreakerConfig(_Section):
-    """When a provider keeps failing, every worker skips it for a cool-down."""
+    """When a model route keeps failing, every worker skips it for a cool-down."""
 
     failure_threshold: int = Field(default=8, ge=1)
     window_s: float = Field(default=30.0, gt=0)

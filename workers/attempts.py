@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from schemas import Attempt, JobTimeoutError, ProviderError, RateLimitError, RetryConfig
-from workers.breaker import Breaker
+from workers.breaker import Breaker, route_key
 from workers.retry import compute_backoff
 
 __all__ = ["AttemptRunner", "Deadline"]
@@ -47,6 +47,7 @@ class AttemptRunner:
 
     async def run(self, call: Callable[[], Awaitable[T]], *, model: str, provider: str,
                   max_retries: int, deadline: Deadline, log: list[Attempt]) -> T:
+        route = route_key(provider, model)
         for attempt in range(1, max_retries + 2):
             deadline.check()
             started = time.perf_counter()
@@ -57,7 +58,7 @@ class AttemptRunner:
                                    latency_ms=_ms_since(started), status_code=exc.status_code,
                                    error=type(exc).__name__))
                 if exc.retryable:
-                    await self.breaker.record_failure(provider)
+                    await self.breaker.record_failure(route)
                 delay = self._delay(exc, attempt, max_retries, deadline)
                 if delay is None:
                     raise
@@ -65,7 +66,7 @@ class AttemptRunner:
                 continue
             log.append(Attempt(model=model, provider=provider, ok=True,
                                latency_ms=_ms_since(started), status_code=200))
-            await self.breaker.record_success(provider)
+            await self.breaker.record_success(route)
             return value
         raise AssertionError("unreachable: the last attempt raises or returns")
 

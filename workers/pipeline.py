@@ -27,7 +27,7 @@ from schemas import (
     Usage,
 )
 from workers.attempts import AttemptRunner, Deadline
-from workers.breaker import Breaker
+from workers.breaker import Breaker, route_key
 from workers.pricing import cost_of, count_tokens, estimate_prompt_tokens
 from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
@@ -126,8 +126,8 @@ class Pipeline:
         errors: list[str] = []
         for model in chain:
             provider = self.providers[self.fleet.models[model].provider]
-            if await self.breaker.is_open(provider.name):
-                errors.append(f"{model}: {provider.name} is cooling down")
+            if await self.breaker.is_open(route_key(provider.name, model)):
+                errors.append(f"{model}: cooling down after repeated failures")
                 continue
             try:
                 return model, await call(model, provider)
