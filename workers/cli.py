@@ -64,6 +64,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     from tasks.celery_config import fleet_queues
     from workers.app import create_app
     from workers.providers import missing_keys
+    from workers.runtime import warm_up
     from workers.services import export_service_env, resolve_services
 
     settings, fleet = load_config()
@@ -76,6 +77,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
                         "calls and its models will fall back", fg="yellow", err=True)
     queues = [q for t, q in zip(fleet.tiers, fleet_queues(fleet), strict=True) if t in chosen]
     app = create_app(services.redis_url, fleet)
+    warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
     name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
     app.worker_main(["worker", "--queues", ",".join(queues), "--pool", "threads",
                      "--concurrency", str(concurrency), "--loglevel", loglevel,

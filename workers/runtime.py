@@ -25,7 +25,7 @@ from workers.breaker import Breaker
 from workers.pipeline import Pipeline
 from workers.providers import build_providers
 
-__all__ = ["WorkerRuntime", "get_runtime", "reset_runtime"]
+__all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,3 +97,11 @@ def reset_runtime() -> None:
         if _runtime is not None:
             _runtime.close()
             _runtime = None
+
+
+def warm_up() -> None:
+    """Build this process's runtime and load the tokenizer before the first job."""
+    from workers.pricing import count_tokens
+
+    get_runtime()
+    count_tokens("warm up")
