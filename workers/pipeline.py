@@ -1,7 +1,8 @@
 """The job pipeline: route, walk the tier's model chain, call, price, answer.
 
-Callable without Celery: ``await pipeline.complete(job)``. Small steps, each a method:
-``complete`` -> ``_walk_chain`` -> ``AttemptRunner.run`` -> ``Provider.complete``.
+Callable without Celery: ``await pipeline.complete(job)``. The job's context goes through
+the steps (``workers.steps``) and, at the core, ``_complete_chain`` -> ``_walk_chain`` ->
+``AttemptRunner.run`` -> ``Provider.complete``.
 A model is skipped when its context window cannot hold the request or its provider is
 cooling down; a failed model hands over to the next when its error is one another model
 can avoid (``ProviderError.fallback``).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from schemas import (
@@ -30,6 +31,7 @@ from workers.attempts import AttemptRunner, Deadline
 from workers.breaker import Breaker, route_key
 from workers.pricing import cost_of, count_tokens, estimate_prompt_tokens
 from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
+from workers.steps import JobContext, Step, compose
 
 __all__ = ["Pipeline"]
 
@@ -38,54 +40,84 @@ ModelCall = Callable[[str, Provider], Awaitable[T]]
 
 
 class Pipeline:
+    """Route a job, run it through the steps, and at the core walk its model chain."""
+
     def __init__(self, fleet: FleetConfig, providers: dict[str, Provider],
-                 breaker: Breaker, runner: AttemptRunner) -> None:
+                 breaker: Breaker, runner: AttemptRunner, steps: Sequence[Step] = ()) -> None:
         self.fleet = fleet
         self.providers = providers
         self.breaker = breaker
         self.runner = runner
+        self.steps = list(steps)
+        self._complete = compose(self.steps, self._complete_chain)
+        self._embed = compose(self.steps, self._embed_chain)
 
-    # -- completions -------------------------------------------------------
+    def context(self, job: CompletionJob | EmbeddingJob) -> JobContext:
+        """Route the job and count its prompt: what every step needs to know."""
+        if isinstance(job, CompletionJob):
+            tier = self.fleet.route(job.tier, job.model)
+            max_tokens = (job.max_tokens or self.fleet.tiers[tier].default_max_tokens
+                          or self.fleet.default_max_tokens)
+            prompt_tokens = estimate_prompt_tokens(job.messages)
+            fallback = job.fallback
+        else:
+            tier = self.fleet.route(job.tier, job.model, embedding=True)
+            max_tokens, prompt_tokens, fallback = 0, sum(map(count_tokens, job.texts)), True
+        chain = self.fleet.chain(tier, job.model)
+        at = None if job.timeout is None else job.submitted_at + job.timeout
+        return JobContext(job=job, fleet=self.fleet, tier=tier,
+                          chain=chain if fallback else chain[:1], prompt_tokens=prompt_tokens,
+                          max_tokens=max_tokens, deadline=Deadline(at=at, job_id=job.job_id))
 
     async def complete(self, job: CompletionJob) -> CompletionResult:
-        tier = self.fleet.route(job.tier, job.model)
-        max_tokens = job.max_tokens or self.fleet.tiers[tier].default_max_tokens \
-            or self.fleet.default_max_tokens
-        prompt_tokens = estimate_prompt_tokens(job.messages)
-        log: list[Attempt] = []
+        result = await self._complete(self.context(job))
+        assert isinstance(result, CompletionResult)
+        return result
+
+    async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
+        result = await self._embed(self.context(job))
+        assert isinstance(result, EmbeddingResult)
+        return result
+
+    async def close(self) -> None:
+        for step in self.steps:
+            await step.close()
+
+    # -- the innermost layer: providers --------------------------------------
+
+    async def _complete_chain(self, ctx: JobContext) -> CompletionResult:
+        job = ctx.job
+        assert isinstance(job, CompletionJob)
 
         async def call(model: str, provider: Provider) -> Completion:
             cfg = self.fleet.models[model]
-            if prompt_tokens + max_tokens > cfg.context_window:
+            if ctx.prompt_tokens + ctx.max_tokens > cfg.context_window:
                 raise ContextLengthError(
-                    f"{model}: {prompt_tokens} prompt + {max_tokens} output tokens exceed "
-                    f"its context window of {cfg.context_window}", model=model,
+                    f"{model}: {ctx.prompt_tokens} prompt + {ctx.max_tokens} output tokens "
+                    f"exceed its context window of {cfg.context_window}", model=model,
                     provider=provider.name)
             request = ChatRequest(model=model, wire_model=cfg.wire_name or model,
-                                  messages=job.messages, max_tokens=max_tokens,
+                                  messages=job.messages, max_tokens=ctx.max_tokens,
                                   sampling=job.sampling())
             return await self.runner.run(lambda: provider.complete(request), model=model,
-                                         provider=provider.name, deadline=_deadline(job),
-                                         max_retries=self.fleet.max_retries(tier), log=log)
+                                         provider=provider.name, deadline=ctx.deadline,
+                                         max_retries=self.fleet.max_retries(ctx.tier),
+                                         log=ctx.log)
 
-        chain = self.fleet.chain(tier, job.model)
-        model, completion = await self._walk_chain(chain if job.fallback else chain[:1],
-                                                   tier, call, log)
-        usage = completion.usage or Usage(prompt_tokens=prompt_tokens,
+        model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
+        usage = completion.usage or Usage(prompt_tokens=ctx.prompt_tokens,
                                           completion_tokens=count_tokens(completion.content),
                                           estimated=True)
         return CompletionResult(
             job_id=job.job_id, content=completion.content, finish_reason=completion.finish_reason,
-            model=model, provider=self.fleet.models[model].provider, tier=tier,
+            model=model, provider=self.fleet.models[model].provider, tier=ctx.tier,
             requested_model=job.model, agent=job.agent, user=job.user, usage=usage,
             cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
-            fallback_used=model != chain[0], attempt_log=log)
+            fallback_used=model != ctx.chain[0], attempt_log=ctx.log)
 
-    # -- embeddings --------------------------------------------------------
-
-    async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
-        tier = self.fleet.route(job.tier, job.model, embedding=True)
-        log: list[Attempt] = []
+    async def _embed_chain(self, ctx: JobContext) -> EmbeddingResult:
+        job = ctx.job
+        assert isinstance(job, EmbeddingJob)
 
         async def call(model: str, provider: Provider) -> Embeddings:
             cfg = self.fleet.models[model]
@@ -96,27 +128,26 @@ class Pipeline:
                 request = EmbedRequest(model=model, wire_model=cfg.wire_name or model,
                                        texts=texts, dimensions=job.dimensions)
                 return await self.runner.run(lambda: provider.embed(request), model=model,
-                                             provider=provider.name, deadline=_deadline(job),
-                                             max_retries=self.fleet.max_retries(tier), log=log)
+                                             provider=provider.name, deadline=ctx.deadline,
+                                             max_retries=self.fleet.max_retries(ctx.tier),
+                                             log=ctx.log)
 
             parts = await asyncio.gather(*(one(b) for b in batches))
-            vectors = [v for part in parts for v in part.vectors]
             known = [p.usage for p in parts if p.usage is not None]
             usage = (Usage(prompt_tokens=sum(u.prompt_tokens for u in known))
                      if len(known) == len(parts) else
-                     Usage(prompt_tokens=sum(map(count_tokens, job.texts)), estimated=True))
-            return Embeddings(vectors=vectors, usage=usage)
+                     Usage(prompt_tokens=ctx.prompt_tokens, estimated=True))
+            return Embeddings(vectors=[v for p in parts for v in p.vectors], usage=usage)
 
-        chain = self.fleet.chain(tier, job.model)
-        model, embeddings = await self._walk_chain(chain, tier, call, log)
+        model, embeddings = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
         usage = embeddings.usage or Usage()
         return EmbeddingResult(
             job_id=job.job_id, vectors=embeddings.vectors,
             dimensions=len(embeddings.vectors[0]) if embeddings.vectors else 0, model=model,
-            provider=self.fleet.models[model].provider, tier=tier, requested_model=job.model,
+            provider=self.fleet.models[model].provider, tier=ctx.tier, requested_model=job.model,
             agent=job.agent, user=job.user, usage=usage,
             cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
-            fallback_used=model != chain[0], attempt_log=log)
+            fallback_used=model != ctx.chain[0], attempt_log=ctx.log)
 
     # -- the chain ---------------------------------------------------------
 
@@ -138,11 +169,6 @@ class Pipeline:
         raise AllModelsFailedError(
             f"every model of tier {tier!r} failed: " + "; ".join(errors), tier=tier,
             attempts=[a.model_dump(mode="json") for a in log])
-
-
-def _deadline(job: CompletionJob | EmbeddingJob) -> Deadline:
-    at = None if job.timeout is None else job.submitted_at + job.timeout
-    return Deadline(at=at, job_id=job.job_id)
 
 
 def _latency(job: CompletionJob | EmbeddingJob) -> float:
