@@ -6,9 +6,12 @@ from schemas.errors import *  # noqa: F403
 from schemas.errors import __all__ as _errors_all
 from schemas.jobs import *  # noqa: F403
 from schemas.jobs import __all__ as _jobs_all
+from schemas.ledger import *  # noqa: F403
+from schemas.ledger import __all__ as _ledger_all
 from schemas.outcome import *  # noqa: F403
 from schemas.outcome import __all__ as _outcome_all
 from schemas.settings import *  # noqa: F403
 from schemas.settings import __all__ as _settings_all
 
-__all__ = [*_config_all, *_errors_all, *_jobs_all, *_outcome_all, *_settings_all]
+__all__ = [*_config_all, *_errors_all, *_jobs_all, *_ledger_all, *_outcome_all,
+           *_settings_all]

@@ -12,6 +12,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -124,6 +125,8 @@ class FleetConfig(_Section):
     breaker: BreakerConfig = BreakerConfig()
     default_tier: str = "simple"
     default_max_tokens: int = Field(default=1024, ge=1)
+    #: Time zone of budget periods (a day starts at midnight there).
+    budget_timezone: str = "UTC"
 
     @model_validator(mode="after")
     def _check_references(self) -> FleetConfig:
@@ -141,6 +144,14 @@ class FleetConfig(_Section):
             if kind not in _EMBEDDING_FORMATS:
                 raise ValueError(f"tiers.{EMBEDDINGS_TIER}.models[{i}]: a {kind!r} provider "
                                  f"serves no embeddings")
+        try:
+            ZoneInfo(self.budget_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"budget_timezone: unknown time zone {self.budget_timezone!r}") \
+                from None
+        names = [b.name for b in self.budgets]
+        if len(names) != len(set(names)):
+            raise ValueError("budgets: two budgets share a name")
         if self.default_tier not in self.tiers:
             raise ValueError(f"default_tier: unknown tier {self.default_tier!r}")
         for i, budget in enumerate(self.budgets):

@@ -24,6 +24,7 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   ├── ProviderAuthError          401/403: a key is missing or wrong
     │   └── ProviderBadRequestError    other 4xx: the request itself is wrong
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
+    ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
     └── WorkerError                    a worker failed in a way none of the above names
 
 Control flow that is not an error (a job moved to another model, say) does not live here.
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AllModelsFailedError",
+    "BudgetExceededError",
     "ConfigError",
     "ContextLengthError",
     "FleetError",
@@ -217,6 +219,16 @@ class AllModelsFailedError(FleetError):
     field_names: ClassVar[tuple[str, ...]] = ("tier", "attempts")
     tier: str | None
     attempts: list[dict[str, Any]] | None
+
+
+class BudgetExceededError(FleetError):
+    """The job's worst-case cost would take a budget past its limit."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("budget", "spent_usd", "limit_usd", "period")
+    budget: str | None
+    spent_usd: float | None
+    limit_usd: float | None
+    period: str | None
 
 
 class WorkerError(FleetError):

@@ -98,7 +98,9 @@ class Settings:
 
 def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:
     """DEFAULT_LLM_MODEL heads the default tier's chain; FALLBACK_MODEL ends every chat
-    tier's chain. Both must name models of the fleet file."""
+    tier's chain (both must name models of the fleet file). DAILY_BUDGET_LIMIT and
+    MONTHLY_BUDGET_LIMIT add global budgets ``daily_limit`` and ``monthly_limit`` unless
+    the fleet file defines budgets of those names."""
     data = fleet.model_dump()
     for var, model in (("DEFAULT_LLM_MODEL", settings.default_llm_model),
                        ("FALLBACK_MODEL", settings.fallback_model)):
@@ -113,6 +115,12 @@ def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:
             chain = data["tiers"][name]["models"]
             if settings.fallback_model not in chain:
                 chain.append(settings.fallback_model)
+    for name, limit, period in (("daily_limit", settings.daily_budget_limit, "daily"),
+                                ("monthly_limit", settings.monthly_budget_limit, "monthly")):
+        if limit and not any(b["name"] == name for b in data["budgets"]):
+            data["budgets"].append({"name": name, "limit_usd": limit, "period": period,
+                                    "scope": "global",
+                                    "alert_threshold": settings.budget_alert_threshold})
     if settings.simulator_url:
         base = settings.simulator_url.rstrip("/")
         for provider in data["providers"].values():

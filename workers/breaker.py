@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import BreakerConfig
-from workers.keys import BREAKER_CALLS, BREAKER_FAILURES, BREAKER_OPEN
+from schemas.keys import BREAKER_CALLS, BREAKER_FAILURES, BREAKER_OPEN
 
 __all__ = ["Breaker", "route_key"]
 

@@ -27,7 +27,7 @@ from schemas import (
     validation_error,
 )
 from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
-from workers.keys import BEAT_LAST_RUN
+from schemas.keys import BEAT_LAST_RUN
 from workers.runtime import get_runtime
 
 __all__ = ["bind_tasks"]

@@ -1,0 +1,51 @@
+"""Every Redis key the fleet writes, with its expiry, in one place (as arq's constants).
+
+Here, in ``schemas``, because both sides write some: the client's cache short-circuit
+leaves its ledger row in the spool like a worker does.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BEAT_LAST_RUN",
+    "BREAKER_CALLS",
+    "BREAKER_FAILURES",
+    "BREAKER_OPEN",
+    "BUDGET",
+    "BUDGET_SETTLED",
+    "JOB_DONE",
+    "LEDGER_FLUSH_LOCK",
+    "LEDGER_SPOOL",
+    "PREFIX",
+]
+
+#: Every key of ours starts here, apart from Celery's own (``celery-task-meta-*``).
+PREFIX = "llmfleet:"
+
+#: Transient failures of a route (``provider:model``) in one window (``bucket`` is the
+#: window's number since the epoch), across workers; expires after two windows.
+BREAKER_FAILURES = PREFIX + "breaker:failures:{route}:{bucket}"
+#: All calls of a route in one window; expires after two windows.
+BREAKER_CALLS = PREFIX + "breaker:calls:{route}:{bucket}"
+#: Present while a route is in cool-down; expires after ``cooldown_s``.
+BREAKER_OPEN = PREFIX + "breaker:open:{route}"
+
+#: Epoch seconds of beat's last heartbeat; no expiry.
+BEAT_LAST_RUN = PREFIX + "beat:last_run"
+
+#: Ledger rows (LedgerRow JSON) waiting for Postgres; a list, drained in order by one
+#: flusher at a time. No expiry: Redis' append-only file keeps it across restarts.
+LEDGER_SPOOL = PREFIX + "ledger:spool"
+#: Held by the worker draining the spool; expires after 30 s if that worker dies.
+LEDGER_FLUSH_LOCK = PREFIX + "ledger:flush-lock"
+#: The outcome envelope of a finished job, so that a redelivered job is answered
+#: without a second provider call; expires with Celery's results (24 h).
+JOB_DONE = PREFIX + "done:{job_id}"
+
+#: A budget's fast counter for one period (``period`` is its start, ISO): a hash with
+#: ``spent`` (nano-USD) and one ``r:<job_id>`` field per live reservation
+#: ("<nano-USD>:<expiry epoch>"); expires a day after the period ends.
+BUDGET = PREFIX + "budget:{name}:{period}"
+#: Marks a job's spend as added to its budgets, so a redelivery never adds it twice;
+#: expires after 2 days.
+BUDGET_SETTLED = PREFIX + "budget:settled:{job_id}"

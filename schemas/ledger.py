@@ -1,0 +1,69 @@
+"""One ledger row per job: the shape that travels from workers (and the client's cache
+short-circuit) through the Redis spool into Postgres' ``job_ledger`` table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import FleetError
+from schemas.jobs import CompletionJob, EmbeddingJob, JobStatus
+
+__all__ = ["LedgerRow", "status_for_error"]
+
+_REJECTIONS = ("JobValidationError", "UnknownTierError", "UnknownModelError",
+               "RequestTooLargeError", "BudgetExceededError")
+
+
+class LedgerRow(BaseModel):
+    """The columns of ``job_ledger`` (DESIGN.md), as JSON-able values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    kind: str
+    agent: str
+    user_id: str | None = None
+    tier: str | None = None
+    requested_model: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    status: JobStatus
+    cache_hit: bool = False
+    attempts: int = 0
+    fallback_used: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usage_estimated: bool = False
+    cost_usd: float = 0.0
+    #: What a cache hit would have cost at the answering model's prices.
+    cost_saved_usd: float = 0.0
+    latency_ms: float = 0.0
+    #: The error's class name, for failed and rejected jobs.
+    error: str | None = None
+    error_message: str | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: dt.datetime
+    finished_at: dt.datetime
+
+    @classmethod
+    def for_job(cls, job: CompletionJob | EmbeddingJob, **fields: Any) -> LedgerRow:
+        """A row with the job's own columns filled in."""
+        now = dt.datetime.now(dt.UTC)
+        base: dict[str, Any] = {
+            "job_id": job.job_id, "kind": job.kind, "agent": job.agent, "user_id": job.user,
+            "tier": job.tier, "requested_model": job.model, "metadata": dict(job.metadata),
+            "created_at": dt.datetime.fromtimestamp(job.submitted_at, dt.UTC),
+            "finished_at": now,
+            "latency_ms": round(max(0.0, now.timestamp() - job.submitted_at) * 1000, 3),
+        }
+        return cls(**{**base, **fields})
+
+
+def status_for_error(error: FleetError) -> JobStatus:
+    """Refused before any provider call: rejected; otherwise failed."""
+    names = {klass.__name__ for klass in type(error).__mro__}
+    return JobStatus.REJECTED if names & set(_REJECTIONS) else JobStatus.FAILED

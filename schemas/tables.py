@@ -1,0 +1,102 @@
+"""The Postgres tables, as SQLAlchemy Core metadata. Declarations only: the migrations
+in ``workers/migrations`` create them, and ``workers.db`` talks to them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["budget_alerts", "job_ledger", "metadata", "metrics_rollup"]
+
+metadata = MetaData()
+
+#: USD amounts: exact decimals, nine places (a nano-dollar).
+Money = Numeric(20, 9)
+
+job_ledger = Table(
+    "job_ledger", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("agent", String(200), nullable=False),
+    Column("user_id", String(200)),
+    Column("tier", String(40)),
+    Column("requested_model", String(200)),
+    Column("model", String(200)),
+    Column("provider", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("fallback_used", Boolean, nullable=False, default=False),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("usage_estimated", Boolean, nullable=False, default=False),
+    Column("cost_usd", Money, nullable=False, default=0),
+    Column("cost_saved_usd", Money, nullable=False, default=0),
+    Column("latency_ms", Float, nullable=False, default=0),
+    Column("error", String(100)),
+    Column("error_message", Text),
+    Column("metadata", JSONB, nullable=False, default=dict),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Index("ix_job_ledger_created_at", "created_at"),
+    Index("ix_job_ledger_agent_created", "agent", "created_at"),
+    Index("ix_job_ledger_user_created", "user_id", "created_at"),
+    Index("ix_job_ledger_model_created", "model", "created_at"),
+    Index("ix_job_ledger_tier_created", "tier", "created_at"),
+)
+
+#: Every budget alert sent, at most one per budget, period and level.
+budget_alerts = Table(
+    "budget_alerts", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("budget", String(200), nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("level", String(16), nullable=False),  # "threshold" | "exceeded"
+    Column("spent_usd", Money, nullable=False),
+    Column("limit_usd", Money, nullable=False),
+    Column("message", Text, nullable=False),
+    #: Per channel (log, webhook, email): "sent", "failed: ...", or "off".
+    Column("deliveries", JSONB, nullable=False, default=dict),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("budget", "period_start", "level", name="uq_budget_alerts_once"),
+)
+
+#: Hourly and daily figures per model, agent and tier, kept past the ledger's retention.
+metrics_rollup = Table(
+    "metrics_rollup", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("granularity", String(8), nullable=False),  # "hour" | "day"
+    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("agent", String(200), nullable=False),
+    Column("tier", String(40), nullable=False),
+    Column("jobs", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("cache_hits", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+    Column("cost_saved_usd", Money, nullable=False),
+    Column("latency_p50_ms", Float),
+    Column("latency_p95_ms", Float),
+    Column("latency_p99_ms", Float),
+    UniqueConstraint("granularity", "bucket_start", "model", "agent", "tier",
+                     name="uq_metrics_rollup_bucket"),
+    Index("ix_metrics_rollup_bucket", "granularity", "bucket_start"),
+)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the fleet's tables, shipped inside the package."""
