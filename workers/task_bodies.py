@@ -26,8 +26,8 @@ from schemas import (
     encode_result,
     validation_error,
 )
-from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
 from schemas.keys import BEAT_LAST_RUN
+from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
 from workers.runtime import get_runtime
 
 __all__ = ["bind_tasks"]

@@ -1,0 +1,129 @@
+"""The ledger's way to Postgres: a durable spool in Redis, drained in batches.
+
+Every finished job appends its row to ``LEDGER_SPOOL`` (one RPUSH, about a tenth of a
+millisecond), so a job never waits on Postgres and a Postgres outage loses nothing:
+Redis keeps the rows (append-only file) until Postgres is back. One flusher at a time,
+fleet-wide (``LEDGER_FLUSH_LOCK``), reads a batch from the head, inserts it with
+``ON CONFLICT (job_id) DO NOTHING`` and only then trims it: a flusher killed between
+the two re-inserts the batch next time, which changes nothing. So each job leaves
+exactly one row, however often it ran or was flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas import LedgerRow
+from schemas.keys import LEDGER_FLUSH_LOCK, LEDGER_SPOOL
+from schemas.tables import job_ledger
+
+__all__ = ["LedgerFlusher", "spool_row"]
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+LOCK_MS = 30_000
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+async def spool_row(redis: aioredis.Redis, row: LedgerRow) -> None:
+    """Append a job's row to the spool; a Redis failure is logged, never raised."""
+    try:
+        await redis.rpush(LEDGER_SPOOL, row.model_dump_json())
+    except RedisError:
+        log.error("ledger row of job %s could not be spooled", row.job_id)
+
+
+def _decode(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        return LedgerRow.model_validate_json(raw).model_dump()
+    except ValueError:
+        log.error("dropping a malformed ledger row: %.200s", raw)
+        return None
+
+
+class LedgerFlusher:
+    """Drains the spool into ``job_ledger``; run by every worker, one at a time."""
+
+    def __init__(self, redis: aioredis.Redis, engine: AsyncEngine,
+                 interval_s: float = 0.5) -> None:
+        self._redis = redis
+        self._engine = engine
+        self._interval = interval_s
+        self._token = uuid.uuid4().hex
+        self._release = redis.register_script(_RELEASE)
+        self._task: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, SQLAlchemyError, OSError):
+            await self.flush()  # what this worker spooled last, if Postgres is up
+        await self._engine.dispose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                written = await self.flush()
+            except (RedisError, OSError):
+                written = 0
+            await asyncio.sleep(0 if written >= BATCH else self._interval)
+
+    async def flush(self) -> int:
+        """Move one batch from the spool to Postgres; rows written (0 when another
+        worker holds the lock, the spool is empty, or Postgres is down)."""
+        if not await self._redis.set(LEDGER_FLUSH_LOCK, self._token, px=LOCK_MS, nx=True):
+            return 0
+        try:
+            raws = await self._redis.lrange(LEDGER_SPOOL, 0, BATCH - 1)
+            if not raws:
+                return 0
+            rows = [r for r in map(_decode, raws) if r is not None]
+            if rows and not await self._insert(rows):
+                return 0
+            await self._redis.ltrim(LEDGER_SPOOL, len(raws), -1)
+            return len(rows)
+        finally:
+            await self._release(keys=[LEDGER_FLUSH_LOCK], args=[self._token])
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> bool:
+        statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"])
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(statement, rows)
+        except (SQLAlchemyError, OSError) as exc:
+            if self._down_since is None:
+                self._down_since = asyncio.get_running_loop().time()
+                log.warning("Postgres unreachable (%s): ledger rows stay spooled in Redis "
+                            "until it is back", type(exc).__name__)
+            return False
+        if self._down_since is not None:
+            log.warning("Postgres is back: writing the spooled ledger rows")
+            self._down_since = None
+        return True
+
+
+def spool_length_sync(raw_redis: Any) -> int:
+    """Rows waiting in the spool (for reports and health)."""
+    return int(raw_redis.llen(LEDGER_SPOOL))
+
+
