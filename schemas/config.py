@@ -127,6 +127,10 @@ class FleetConfig(_Section):
     default_max_tokens: int = Field(default=1024, ge=1)
     #: Time zone of budget periods (a day starts at midnight there).
     budget_timezone: str = "UTC"
+    #: The longest a job may run in a worker (its own timeout may be shorter). Redis
+    #: hands an unacknowledged job to another worker after twice this, so a killed
+    #: worker's jobs run again within minutes and a slow job never runs twice.
+    job_time_limit_s: float = Field(default=300.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _check_references(self) -> FleetConfig:

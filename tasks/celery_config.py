@@ -7,13 +7,18 @@ from typing import Any
 from schemas import FleetConfig
 from tasks.names import EMBEDDINGS_QUEUE, queue_for
 
-__all__ = ["VISIBILITY_TIMEOUT_S", "celery_settings", "fleet_queues"]
+__all__ = ["celery_settings", "fleet_queues", "visibility_timeout"]
 
-#: Seconds before Redis hands an unacknowledged job to another worker. Must exceed
-#: the longest job (its timeout, at most 3600 s, is checked by the worker), else a
-#: slow job runs twice. Shorter than kombu's one-hour default so that a killed
-#: worker's jobs come back within minutes.
-VISIBILITY_TIMEOUT_S = 900
+#: Seconds between the broker's sweeps for jobs of dead workers.
+RESTORE_SWEEP_S = 5
+
+
+def visibility_timeout(fleet: FleetConfig) -> int:
+    """Seconds before Redis hands an unacknowledged job to another worker: twice the
+    longest a job may run (``job_time_limit_s``, enforced by the worker), so a slow job
+    never runs twice, yet a killed worker's jobs come back within minutes rather than
+    after kombu's default hour."""
+    return int(2 * fleet.job_time_limit_s)
 
 
 def fleet_queues(fleet: FleetConfig) -> list[str]:
@@ -35,8 +40,11 @@ def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> di
         # Jobs are long and I/O-bound: each worker reserves only what its pool can
         # run now, so an idle worker on another machine gets the rest.
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout(fleet),
+            "unacked_restore_interval": RESTORE_SWEEP_S,
+            "unacked_restore_throttle": 1,
+        },
         "broker_connection_retry_on_startup": True,
         "result_expires": 24 * 3600,
         "task_default_queue": queue_for(fleet.default_tier),

@@ -44,6 +44,19 @@ def redis_url(services: tuple[str, str | None]) -> str:
 
 
 @pytest.fixture(scope="session")
+def database_url(services: tuple[str, str | None]) -> Iterator[str]:
+    """The session's Postgres, migrated."""
+    from workers.db import migrate
+
+    assert services[1] is not None
+    migrate(services[1])
+    yield services[1]
+    from workers.db import sync_engine
+
+    sync_engine(services[1]).dispose()
+
+
+@pytest.fixture(scope="session")
 def simulator() -> Iterator[object]:
     from workers.simulator import SimulatorConfig, SimulatorThread
 
@@ -61,11 +74,12 @@ def sim(simulator: object) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def fleet_env(redis_url: str, simulator: object, data_dir: Path) -> dict[str, str]:
-    """Environment for processes of a test fleet: its Redis, the simulator, no keys."""
+def fleet_env(redis_url: str, database_url: str, simulator: object,
+              data_dir: Path) -> dict[str, str]:
+    """Environment for processes of a test fleet: its servers, the simulator, no keys."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
-    env.update(REDIS_URL=redis_url, LLMFLEET_SIMULATOR_URL=simulator.base_url,  # type: ignore[attr-defined]
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, LLMFLEET_SIMULATOR_URL=simulator.base_url,  # type: ignore[attr-defined]
                LLMFLEET_DATA_DIR=str(data_dir))
     return env
 

@@ -63,14 +63,19 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     """
     from tasks.celery_config import fleet_queues
     from workers.app import create_app
+    from workers.db import require_migrated
     from workers.providers import missing_keys
     from workers.runtime import warm_up
     from workers.services import export_service_env, resolve_services
 
     settings, fleet = load_config()
     chosen = _tiers(tiers, list(fleet.tiers))
-    services = resolve_services(settings, postgres=False)
+    services = resolve_services(settings)
     export_service_env(services)
+    if services.database_url and settings.enable_cost_tracking and \
+            not require_migrated(services.database_url):
+        click.secho("warning: Postgres is unreachable: ledger rows wait in Redis until it is "
+                    "back", fg="yellow", err=True)
     if not settings.simulator_url:
         for provider, var in missing_keys(fleet, chosen, os.environ).items():
             click.secho(f"warning: {var} is not set: provider {provider!r} will refuse "
@@ -188,6 +193,24 @@ def up(concurrency: int, flower_port: int, simulator_port: int) -> None:
 
     sys.exit(run_up(concurrency=concurrency, flower_port=flower_port,
                     simulator_port=simulator_port))
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the fleet's tables in DATABASE_URL (or the embedded Postgres)."""
+    from workers.db import migrate as run_migrations
+    from workers.db import safe_url
+    from workers.services import resolve_services
+
+    settings, _ = load_config()
+    services = resolve_services(settings)
+    assert services.database_url is not None
+    before, after = run_migrations(services.database_url)
+    where = safe_url(services.database_url)
+    if before == after:
+        click.echo(f"{where} is up to date (revision {after})")
+    else:
+        click.echo(f"{where}: migrated from {before or 'an empty database'} to {after}")
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from schemas import CompletionResult, FleetConfig, FleetError, load_config
 from tasks import FleetAgent, FleetClient
+from workers.db import migrate
 from workers.services import export_service_env, resolve_services
 from workers.supervisor import Supervisor
 
@@ -144,6 +145,8 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
     with ExitStack() as stack:
         services = resolve_services(settings)
         export_service_env(services)
+        assert services.database_url is not None
+        migrate(services.database_url)
         where = "embedded" if services.embedded else "from the environment"
         console.print(f"Redis {services.redis_url} and Postgres ({where}) ready "
                       f"in {time.monotonic() - started:.1f}s")

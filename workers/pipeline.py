@@ -64,18 +64,25 @@ class Pipeline:
             tier = self.fleet.route(job.tier, job.model, embedding=True)
             max_tokens, prompt_tokens, fallback = 0, sum(map(count_tokens, job.texts)), True
         chain = self.fleet.chain(tier, job.model)
-        at = None if job.timeout is None else job.submitted_at + job.timeout
+        # The fleet's time limit runs from now; the job's own timeout from its submission.
+        at = time.time() + self.fleet.job_time_limit_s
+        if job.timeout is not None:
+            at = min(at, job.submitted_at + job.timeout)
         return JobContext(job=job, fleet=self.fleet, tier=tier,
                           chain=chain if fallback else chain[:1], prompt_tokens=prompt_tokens,
                           max_tokens=max_tokens, deadline=Deadline(at=at, job_id=job.job_id))
 
+    async def run(self, ctx: JobContext) -> CompletionResult | EmbeddingResult:
+        """Run a routed job through the steps and the provider chain."""
+        return await (self._complete if ctx.is_completion else self._embed)(ctx)
+
     async def complete(self, job: CompletionJob) -> CompletionResult:
-        result = await self._complete(self.context(job))
+        result = await self.run(self.context(job))
         assert isinstance(result, CompletionResult)
         return result
 
     async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
-        result = await self._embed(self.context(job))
+        result = await self.run(self.context(job))
         assert isinstance(result, EmbeddingResult)
         return result
 

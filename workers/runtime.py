@@ -20,10 +20,15 @@ import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
 
 from schemas import FleetConfig, Settings
+from workers.accounting import BudgetStep, LedgerStep, OnceStep
 from workers.attempts import AttemptRunner
 from workers.breaker import Breaker
+from workers.budgets import BudgetLedger
+from workers.db import async_engine
+from workers.ledger import LedgerFlusher
 from workers.pipeline import Pipeline
 from workers.providers import build_providers
+from workers.steps import Step
 
 __all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
 
@@ -35,13 +40,15 @@ MAX_CONNECTIONS = 512
 
 
 class WorkerRuntime:
-    def __init__(self, fleet: FleetConfig, redis_url: str,
+    def __init__(self, fleet: FleetConfig, settings: Settings, redis_url: str,
                  env: Mapping[str, str] | None = None) -> None:
         self.fleet = fleet
+        self.settings = settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="llmfleet-io")
         self._thread.start()
+        self.flusher: LedgerFlusher | None = None
         self.pipeline: Pipeline = self.run(self._build(redis_url, dict(env or os.environ)))
 
     async def _build(self, redis_url: str, env: dict[str, str]) -> Pipeline:
@@ -51,8 +58,20 @@ class WorkerRuntime:
         self.redis = aioredis.from_url(redis_url)
         breaker = Breaker(self.redis, self.fleet.breaker)
         providers = build_providers(self.fleet, self.http, env)
+        if self.settings.enable_cost_tracking and self.settings.database_url:
+            self.flusher = LedgerFlusher(self.redis, async_engine(self.settings.database_url))
+            self.flusher.start()
         return Pipeline(self.fleet, providers, breaker,
-                        AttemptRunner(retry=self.fleet.retry, breaker=breaker))
+                        AttemptRunner(retry=self.fleet.retry, breaker=breaker),
+                        steps=self._steps())
+
+    def _steps(self) -> list[Step]:
+        """The pipeline's layers, outermost first: the one place their order is set."""
+        steps: list[Step] = [OnceStep(self.redis)]
+        if self.settings.enable_cost_tracking:
+            steps.append(LedgerStep(self.redis))
+        steps.append(BudgetStep(BudgetLedger(self.redis, self.fleet)))
+        return steps
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and block this thread until it is done."""
@@ -60,6 +79,9 @@ class WorkerRuntime:
 
     def close(self) -> None:
         async def _close() -> None:
+            await self.pipeline.close()
+            if self.flusher is not None:
+                await self.flusher.stop()
             await self.http.aclose()
             await self.redis.aclose()
 
@@ -86,7 +108,7 @@ def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
                 settings, fleet = load_config(settings)
                 if not settings.redis_url:
                     raise RuntimeError("the worker's REDIS_URL must be set before jobs run")
-                _runtime = WorkerRuntime(fleet, settings.redis_url)
+                _runtime = WorkerRuntime(fleet, settings, settings.redis_url)
     return _runtime
 
 

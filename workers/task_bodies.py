@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from schemas import (
     CompletionJob,
-    CompletionResult,
     EmbeddingJob,
-    EmbeddingResult,
     FleetError,
     WorkerError,
     encode_error,
@@ -28,34 +26,42 @@ from schemas import (
 )
 from schemas.keys import BEAT_LAST_RUN
 from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
-from workers.runtime import get_runtime
+from workers.accounting import rejected_row
+from workers.ledger import spool_row
+from workers.runtime import WorkerRuntime, get_runtime
+
+Job = CompletionJob | EmbeddingJob
 
 __all__ = ["bind_tasks"]
 
 log = logging.getLogger(__name__)
 
 
-async def _guarded(payload: Any, model: type[BaseModel],
-                   run: Callable[[Any], Awaitable[BaseModel]]) -> dict[str, Any]:
-    """Validate and run one job; every outcome becomes an envelope."""
+async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> dict[str, Any]:
+    """Validate, route and run one job; every outcome becomes an envelope, and a job
+    refused before the pipeline still leaves its ledger row."""
     try:
         job = model.model_validate(payload)
-    except ValidationError as exc:
-        return encode_error(validation_error(exc))
+        ctx = runtime.pipeline.context(job)
+    except (ValidationError, FleetError) as exc:
+        error = validation_error(exc) if isinstance(exc, ValidationError) else exc
+        row = rejected_row(payload, error)
+        if row is not None and runtime.settings.enable_cost_tracking:
+            await spool_row(runtime.redis, row)
+        return encode_error(error)
     try:
-        result = await run(job)
+        result = await runtime.pipeline.run(ctx)
     except FleetError as exc:
         return encode_error(exc)
     except Exception as exc:  # a bug of ours must not take the worker or the batch down
-        log.exception("job %s failed unexpectedly", getattr(job, "job_id", "?"))
+        log.exception("job %s failed unexpectedly", job.job_id)
         return encode_error(WorkerError(f"unexpected {type(exc).__name__} in the worker"))
-    assert isinstance(result, CompletionResult | EmbeddingResult)
     return encode_result(result)
 
 
 def complete(payload: Any) -> dict[str, Any]:
     runtime = get_runtime()
-    return runtime.run(_guarded(payload, CompletionJob, runtime.pipeline.complete))
+    return runtime.run(_guarded(payload, CompletionJob, runtime))
 
 
 def complete_batch(payloads: Any) -> dict[str, Any]:
@@ -66,14 +72,14 @@ def complete_batch(payloads: Any) -> dict[str, Any]:
 
     async def run_all() -> list[dict[str, Any]]:
         return await asyncio.gather(
-            *(_guarded(p, CompletionJob, runtime.pipeline.complete) for p in payloads))
+            *(_guarded(p, CompletionJob, runtime) for p in payloads))
 
     return {"ok": True, "batch": runtime.run(run_all())}
 
 
 def embed(payload: Any) -> dict[str, Any]:
     runtime = get_runtime()
-    return runtime.run(_guarded(payload, EmbeddingJob, runtime.pipeline.embed))
+    return runtime.run(_guarded(payload, EmbeddingJob, runtime))
 
 
 def beat_heartbeat() -> None:

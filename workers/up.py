@@ -14,6 +14,7 @@ from rich.console import Console
 
 from schemas import load_config
 from tasks import FleetClient
+from workers.db import migrate
 from workers.services import export_service_env, resolve_services
 from workers.supervisor import Supervisor
 
@@ -44,6 +45,8 @@ def run_up(concurrency: int = 32, flower_port: int = 5555, simulator_port: int =
     with ExitStack() as stack:
         services = resolve_services(settings)
         export_service_env(services)
+        assert services.database_url is not None
+        migrate(services.database_url)
         if services.started:
             from workers.embedded import stop_stack
 

@@ -175,12 +175,15 @@ def _postmaster(pgdata: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _pg_ctl_start(pgdata: Path, log: Path, owner: dict[str, Any]) -> int:
-    """Start the postmaster on a free loopback port (TCP only, no unix socket); retry if
-    another process grabs the port first. Returns the port."""
+def _pg_ctl_start(pgdata: Path, log: Path, owner: dict[str, Any],
+                  preferred: int | None = None) -> int:
+    """Start the postmaster on loopback (TCP only, no unix socket), on ``preferred`` (its
+    old port, so clients' URLs stay right after a restart) or a free port; retry on a
+    free port if the port is taken. Returns the port."""
     output = ""
-    for _ in range(_PORT_ATTEMPTS):
-        port, offset = free_port(), file_size(log)
+    for attempt in range(_PORT_ATTEMPTS):
+        port = preferred if attempt == 0 and preferred else free_port()
+        offset = file_size(log)
         opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=''"
         args = ["-D", str(pgdata), "-l", str(log), "-o", opts, "-w", "-t", str(START_TIMEOUT_S)]
         code, output = _run("pg_ctl", [*args, "start"], pgdata, owner)
@@ -192,7 +195,8 @@ def _pg_ctl_start(pgdata: Path, log: Path, owner: dict[str, Any]) -> int:
     raise RuntimeError(f"embedded Postgres failed to start in {pgdata}:\n{tail(output)}")
 
 
-def start_postgres(data_dir: Path) -> tuple[ServerRecord, bool]:
+def start_postgres(data_dir: Path, preferred_port: int | None = None
+                   ) -> tuple[ServerRecord, bool]:
     """Start (or adopt an unrecorded but running) cluster; return it and whether we started it."""
     pgdata = data_dir / PG_SUBDIR
     owner = _prepare(data_dir)
@@ -200,7 +204,7 @@ def start_postgres(data_dir: Path) -> tuple[ServerRecord, bool]:
     port = _postmaster(pgdata)[1]
     started = not (port and postgres_answers(port, pgdata))
     if started:
-        port = _pg_ctl_start(pgdata, data_dir / PG_LOG, owner)
+        port = _pg_ctl_start(pgdata, data_dir / PG_LOG, owner, preferred_port)
     _bootstrap(port)
     return ServerRecord(port=port, pid=_postmaster(pgdata)[0], url=database_url(port)), started
 

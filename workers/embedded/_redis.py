@@ -188,14 +188,17 @@ def _launch(data_dir: Path, port: int) -> None:
     )
 
 
-def start_redis(data_dir: Path) -> ServerRecord:
-    """Start Redis on a free port and wait for it; retry if another process grabs the port."""
+def start_redis(data_dir: Path, port: int | None = None) -> ServerRecord:
+    """Start Redis on ``port`` (its old one, so clients' URLs stay right after a restart)
+    or a free one, and wait for it; retry on a free port if the port is taken."""
     _terminate(_recorded_pid(data_dir))  # a stray daemon must not share our AOF
     (data_dir / REDIS_SUBDIR).mkdir(exist_ok=True)
     log = data_dir / REDIS_LOG
     output = ""
-    for _ in range(_PORT_ATTEMPTS):
-        port, offset = free_port(), file_size(log)
+    preferred = port
+    for attempt in range(_PORT_ATTEMPTS):
+        port = preferred if attempt == 0 and preferred else free_port()
+        offset = file_size(log)
         (data_dir / REDIS_PIDFILE).unlink(missing_ok=True)
         _launch(data_dir, port)
         if wait_for(partial(redis_answers, port, data_dir), START_TIMEOUT_S):

@@ -121,11 +121,12 @@ def ensure_stack(
     with _locked(root):
         state = _read_state(root)
         if redis and not (REDIS in state and _answers(REDIS, state[REDIS], root)):
-            state[REDIS] = start_redis(root)
+            state[REDIS] = start_redis(root, state[REDIS]["port"] if REDIS in state else None)
             started.append(REDIS)
             _write_state(root, state)
         if postgres and not (POSTGRES in state and _answers(POSTGRES, state[POSTGRES], root)):
-            state[POSTGRES], pg_started = start_postgres(root)
+            state[POSTGRES], pg_started = start_postgres(
+                root, state[POSTGRES]["port"] if POSTGRES in state else None)
             started.extend([POSTGRES] if pg_started else [])
             _write_state(root, state)
     return StackInfo(
