@@ -21,8 +21,10 @@ from schemas.errors import ConfigError, UnknownModelError, UnknownTierError
 __all__ = [
     "EMBEDDINGS_TIER",
     "WIRE_FORMATS",
+    "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
+    "CacheConfig",
     "FleetConfig",
     "ModelConfig",
     "ProviderConfig",
@@ -99,6 +101,15 @@ class BreakerConfig(_Section):
     cooldown_s: float = Field(default=30.0, gt=0)
 
 
+class BeatConfig(_Section):
+    """Seconds between runs of each periodic task."""
+
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    enforce_budgets_s: float = Field(default=60.0, gt=0)
+    rollup_metrics_s: float = Field(default=300.0, gt=0)
+    purge_expired_s: float = Field(default=3600.0, gt=0)
+
+
 class BudgetConfig(_Section):
     """A spending limit over a period and a scope."""
 
@@ -109,6 +120,24 @@ class BudgetConfig(_Section):
     alert_threshold: float = Field(default=0.8, gt=0, le=1)
     action: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = None
+
+
+class CacheConfig(_Section):
+    """The response cache (``[cache]``); ENABLE_LLM_CACHE, CACHE_TTL_SECONDS and
+    CACHE_MAX_SIZE in the environment turn it on and size it."""
+
+    #: Jobs sampled hotter than this are not served from the cache unless they ask
+    #: (``cache="use"``): their callers want a fresh draw, not a repeat.
+    max_temperature: float = Field(default=0.5, ge=0, le=2)
+    #: The longest a job waits for an identical job in flight before calling on its own.
+    coalesce_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Tiers whose misses are also looked up by meaning (embeddings), not only exactly.
+    semantic_tiers: list[str] = Field(default_factory=list)
+    #: Cosine similarity a semantic match needs; high, because a near miss (another
+    #: number, a negation) served as a hit is a wrong answer.
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1)
+    #: The embeddings model of the semantic cache; None: the embeddings tier's first.
+    semantic_model: str | None = None
 
 
 _NO_TIER = TierConfig.model_construct(models=[])
@@ -123,6 +152,8 @@ class FleetConfig(_Section):
     budgets: list[BudgetConfig] = Field(default_factory=list)
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
+    beat: BeatConfig = BeatConfig()
+    cache: CacheConfig = CacheConfig()
     default_tier: str = "simple"
     default_max_tokens: int = Field(default=1024, ge=1)
     #: Time zone of budget periods (a day starts at midnight there).

@@ -118,6 +118,10 @@ class CompletionJob(_JobBase):
     seed: int | None = None
     #: May the job move to the next model of its tier's chain when one fails?
     fallback: bool = True
+    #: The response cache. None: use it within the fleet's temperature bound
+    #: (``[cache].max_temperature``); "use": read and write it whatever the temperature;
+    #: "refresh": do not read it, store the new answer; "skip": neither read nor write.
+    cache: Literal["use", "skip", "refresh"] | None = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> CompletionJob:

@@ -13,6 +13,12 @@ __all__ = [
     "BREAKER_OPEN",
     "BUDGET",
     "BUDGET_SETTLED",
+    "CACHE_DONE",
+    "CACHE_ENTRY",
+    "CACHE_LOCK",
+    "CACHE_LRU",
+    "CACHE_SEMANTIC",
+    "CACHE_WAKE",
     "JOB_DONE",
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
@@ -49,3 +55,24 @@ BUDGET = PREFIX + "budget:{name}:{period}"
 #: Marks a job's spend as added to its budgets, so a redelivery never adds it twice;
 #: expires after 2 days.
 BUDGET_SETTLED = PREFIX + "budget:settled:{job_id}"
+
+#: One cached answer (CachedAnswer JSON) under the sha256 of its request
+#: (``schemas.cache_key``); expires CACHE_TTL_SECONDS after it was written.
+CACHE_ENTRY = PREFIX + "cache:entry:{key}"
+#: The cache's LRU index: a sorted set of CACHE_ENTRY keys scored by last use (ms, Redis
+#: clock); beyond CACHE_MAX_SIZE members the least recently used entries are deleted.
+#: Expires CACHE_TTL_SECONDS after the last write (every entry has expired by then).
+CACHE_LRU = PREFIX + "cache:lru"
+#: Held (a token) by the one job calling a provider for a cache key while identical jobs
+#: wait; expires after 5 s unless its holder refreshes it, so a dead holder's followers
+#: take over.
+CACHE_LOCK = PREFIX + "cache:lock:{key}"
+#: The outcome a lock holder (``token``) leaves for its followers: {"ok": true,
+#: "answer": ...} or {"ok": false}; expires after 60 s.
+CACHE_DONE = PREFIX + "cache:done:{key}:{token}"
+#: Pub/sub channel (not a key; nothing to expire) on which a holder wakes its followers.
+CACHE_WAKE = PREFIX + "cache:wake:{key}"
+#: The semantic cache of one scope (model, sampling, max_tokens and the conversation
+#: before its last user message): a hash of CACHE_ENTRY key -> embedding (float32
+#: bytes); expires CACHE_TTL_SECONDS after its last write.
+CACHE_SEMANTIC = PREFIX + "cache:semantic:{scope}"

@@ -8,6 +8,7 @@ provider or database code: only the fleet file, to know the tiers and models.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,10 +29,19 @@ from schemas import (
     load_config,
     validation_error,
 )
+from tasks._cache import CacheShortCircuit
 from tasks._discovery import find_redis_url
 from tasks._results import ResultWaiter
 from tasks.celery_config import celery_settings
-from tasks.names import COMPLETE, COMPLETE_BATCH, EMBED, EMBEDDINGS_QUEUE, queue_for
+from tasks.names import (
+    ADMIN_QUEUE,
+    AGENT_STATS,
+    COMPLETE,
+    COMPLETE_BATCH,
+    EMBED,
+    EMBEDDINGS_QUEUE,
+    queue_for,
+)
 
 __all__ = ["BatchHandle", "FleetClient", "JobHandle"]
 
@@ -41,17 +51,24 @@ BATCH_SIZE = 32
 
 
 class JobHandle:
-    """A submitted job. ``get`` blocks for the result; ``wait`` is its coroutine twin."""
+    """A submitted job. ``get`` blocks for the result; ``wait`` is its coroutine twin.
+    A job answered from the cache at submit carries its ``result`` already."""
 
-    def __init__(self, client: FleetClient, job_id: str) -> None:
+    def __init__(self, client: FleetClient, job_id: str,
+                 result: CompletionResult | None = None) -> None:
         self._client = client
         self.job_id = job_id
+        self._result = result
 
     def get(self, timeout: float | None = 60) -> Any:
         """The job's result; raises the job's error from ``schemas.errors``."""
+        if self._result is not None:
+            return self._result
         return decode_outcome(self._client._waiter.wait(self.job_id, timeout))
 
     async def wait(self, timeout: float | None = 60) -> Any:
+        if self._result is not None:
+            return self._result
         return decode_outcome(await self._client._waiter.await_(self.job_id, timeout))
 
     def __repr__(self) -> str:
@@ -102,6 +119,7 @@ class FleetClient:
         self._app = Celery("llmfleet-client", set_as_current=False)
         self._app.conf.update(celery_settings(url, url, self.fleet))
         self._waiter = ResultWaiter(url)
+        self._cache = CacheShortCircuit(url, self.fleet, settings)
 
     # -- building jobs -----------------------------------------------------
 
@@ -138,6 +156,9 @@ class FleetClient:
         fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout..."""
         job = self._completion(messages, options)
         assert job.tier is not None
+        hit = self._cache.lookup(job)
+        if hit is not None:
+            return JobHandle(self, job.job_id, hit)
         self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier), job.job_id)
         return JobHandle(self, job.job_id)
 
@@ -177,6 +198,9 @@ class FleetClient:
         """``complete`` for asyncio: the wait holds no thread."""
         job = self._completion(messages, {**options, "timeout": timeout})
         assert job.tier is not None
+        hit = await asyncio.to_thread(self._cache.lookup, job)
+        if hit is not None:
+            return hit
         await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
                                 queue_for(job.tier), job.job_id)
         result: CompletionResult = await JobHandle(self, job.job_id).wait(timeout)
@@ -189,7 +213,23 @@ class FleetClient:
         self._send(EMBED, job.model_dump(mode="json"), EMBEDDINGS_QUEUE, job.job_id)
         return JobHandle(self, job.job_id)
 
+    def agent_stats(self, agent: str | None = None, *, since: str | None = None,
+                    timeout: float = 10) -> dict[str, Any]:
+        """An agent's figures from the ledger, fleet-wide (jobs, total_cost_usd,
+        cache_hits, cache_hit_rate, tokens, errors); ``since`` an ISO time."""
+        task_id = "stats-" + uuid.uuid4().hex
+        try:
+            self._app.send_task(AGENT_STATS, args=[agent or self.agent, since],
+                                queue=ADMIN_QUEUE, task_id=task_id)
+        except OperationalError as exc:
+            raise FleetUnavailableError(f"cannot reach the broker: {exc}") from None
+        value = self._waiter.wait(task_id, timeout)
+        if not isinstance(value, dict):
+            raise FleetUnavailableError("malformed agent stats")
+        return value
+
     def close(self) -> None:
+        self._cache.close()
         self._waiter.close()
         self._app.close()
 

@@ -11,11 +11,16 @@ from typing import Any
 from schemas import EMBEDDINGS_TIER
 
 __all__ = [
+    "ADMIN_QUEUE",
+    "AGENT_STATS",
     "BEAT_HEARTBEAT",
     "COMPLETE",
     "COMPLETE_BATCH",
     "EMBED",
     "EMBEDDINGS_QUEUE",
+    "ENFORCE_BUDGETS",
+    "PURGE_EXPIRED",
+    "ROLLUP_METRICS",
     "TASK_OPTIONS",
     "queue_for",
 ]
@@ -29,6 +34,17 @@ COMPLETE_BATCH = "llm.complete_batch"
 EMBED = "llm.embed"
 #: Beat's heartbeat, so that health reports know beat is alive.
 BEAT_HEARTBEAT = "llm.beat_heartbeat"
+#: Beat: recompute budget spend from the ledger, repair the fast counters, alert.
+ENFORCE_BUDGETS = "llm.enforce_budgets"
+#: Beat: hourly and daily metric roll-ups from the ledger.
+ROLLUP_METRICS = "llm.rollup_metrics"
+#: Beat: delete ledger rows past METRICS_RETENTION_DAYS (roll-ups stay).
+PURGE_EXPIRED = "llm.purge_expired"
+#: An agent's figures from the ledger (for FleetAgent.get_agent_stats).
+AGENT_STATS = "llm.agent_stats"
+
+#: Housekeeping and reports; every worker consumes it, whatever its tiers.
+ADMIN_QUEUE = "llm.admin"
 
 EMBEDDINGS_QUEUE = f"llm.{EMBEDDINGS_TIER}"
 
@@ -58,4 +74,10 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     COMPLETE_BATCH: dict(_JOB_TASK),
     EMBED: dict(_JOB_TASK),
     BEAT_HEARTBEAT: {"ignore_result": True, "acks_late": False},
+    # Periodic work is idempotent (it recomputes from the ledger), so a redelivery is
+    # harmless; results are kept for `llmfleet` to show what a run did.
+    ENFORCE_BUDGETS: {"acks_late": True, "ignore_result": False},
+    ROLLUP_METRICS: {"acks_late": True, "ignore_result": False},
+    PURGE_EXPIRED: {"acks_late": True, "ignore_result": False},
+    AGENT_STATS: {"acks_late": False, "ignore_result": False},
 }

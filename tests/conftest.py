@@ -79,7 +79,8 @@ def fleet_env(redis_url: str, database_url: str, simulator: object,
     """Environment for processes of a test fleet: its servers, the simulator, no keys."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
-    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, LLMFLEET_SIMULATOR_URL=simulator.base_url,  # type: ignore[attr-defined]
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url,
+               LLMFLEET_SIMULATOR_URL=simulator.base_url,  # type: ignore[attr-defined]
                LLMFLEET_DATA_DIR=str(data_dir))
     return env
 

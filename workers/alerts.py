@@ -133,7 +133,8 @@ class Alerter:
         self._sleep = sleep
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Alerter:
+    def from_env(cls, env: Mapping[str, str], *, tries: int = TRIES,
+                 backoff_s: float = BACKOFF_S) -> Alerter:
         """Channels from LLMFLEET_ALERT_WEBHOOK_URL and LLMFLEET_SMTP_*; a malformed
         value is a ConfigError naming the variable (never showing a secret)."""
         channels: list[_Channel] = []
@@ -146,7 +147,7 @@ class Alerter:
         email = _email_from_env(env)
         if email is not None:
             channels.append(email)
-        return cls(channels)
+        return cls(channels, tries=tries, backoff_s=backoff_s)
 
     @property
     def channels(self) -> list[str]:

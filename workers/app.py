@@ -13,23 +13,32 @@ from kombu.entity import Queue
 
 from schemas import FleetConfig, load_config
 from tasks.celery_config import celery_settings, fleet_queues
-from tasks.names import BEAT_HEARTBEAT
+from tasks.names import (
+    ADMIN_QUEUE,
+    BEAT_HEARTBEAT,
+    ENFORCE_BUDGETS,
+    PURGE_EXPIRED,
+    ROLLUP_METRICS,
+)
 from workers.task_bodies import bind_tasks
 
 __all__ = ["create_app"]  # and ``app``, built on first access
-
-#: Seconds between beat's heartbeats.
-HEARTBEAT_EVERY_S = 30.0
-
 
 def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     celery = Celery("llmfleet", set_as_current=False)
     settings: dict[str, Any] = celery_settings(redis_url, redis_url, fleet)
     # kombu ships no type hints for Queue.
-    settings["task_queues"] = [Queue(name) for name in fleet_queues(fleet)]  # type: ignore[no-untyped-call]
+    queues = [*fleet_queues(fleet), ADMIN_QUEUE]
+    settings["task_queues"] = [Queue(name) for name in queues]  # type: ignore[no-untyped-call]
+    every = fleet.beat
     settings["beat_schedule"] = {
-        "heartbeat": {"task": BEAT_HEARTBEAT, "schedule": HEARTBEAT_EVERY_S,
-                      "options": {"queue": settings["task_default_queue"]}},
+        name: {"task": task, "schedule": seconds, "options": {"queue": ADMIN_QUEUE}}
+        for name, task, seconds in (
+            ("heartbeat", BEAT_HEARTBEAT, every.heartbeat_s),
+            ("enforce-budgets", ENFORCE_BUDGETS, every.enforce_budgets_s),
+            ("rollup-metrics", ROLLUP_METRICS, every.rollup_metrics_s),
+            ("purge-expired", PURGE_EXPIRED, every.purge_expired_s),
+        )
     }
     celery.conf.update(settings)
     bind_tasks(celery)

@@ -62,6 +62,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     REDIS_URL.
     """
     from tasks.celery_config import fleet_queues
+    from tasks.names import ADMIN_QUEUE
     from workers.app import create_app
     from workers.db import require_migrated
     from workers.providers import missing_keys
@@ -81,6 +82,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
             click.secho(f"warning: {var} is not set: provider {provider!r} will refuse "
                         "calls and its models will fall back", fg="yellow", err=True)
     queues = [q for t, q in zip(fleet.tiers, fleet_queues(fleet), strict=True) if t in chosen]
+    queues.append(ADMIN_QUEUE)  # housekeeping: any worker may run it
     app = create_app(services.redis_url, fleet)
     warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
     name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
@@ -221,6 +223,16 @@ def down() -> None:
     settings, _ = load_config()
     stopped = stop_stack(settings.resolved_data_dir)
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+def _add_reports() -> None:
+    from workers.cli_reports import REPORT_COMMANDS
+
+    for command in REPORT_COMMANDS:
+        cli.add_command(command)
+
+
+_add_reports()
 
 
 def main() -> None:

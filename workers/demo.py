@@ -8,10 +8,12 @@ Prints a summary and stops everything it started.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import statistics
 import time
+import uuid
 import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,6 +28,7 @@ from rich.table import Table
 from schemas import CompletionResult, FleetConfig, FleetError, load_config
 from tasks import FleetAgent, FleetClient
 from workers.db import migrate
+from workers.demo_report import show_accounting, write_demo_fleet_file
 from workers.services import export_service_env, resolve_services
 from workers.supervisor import Supervisor
 
@@ -82,7 +85,7 @@ def _start_simulator(fleet: FleetConfig, latency_ms: float, stack: ExitStack,
     return simulator
 
 
-def _run_agents(client: FleetClient, jobs: int,
+def _run_agents(client: FleetClient, jobs: int, run_id: str,
                 console: Console) -> tuple[list[Outcome], list[FleetAgent]]:
     agents: dict[type[FleetAgent], FleetAgent] = {
         cls: cls(client) for cls in (Coder, Planner, Reviewer)}
@@ -92,7 +95,8 @@ def _run_agents(client: FleetClient, jobs: int,
     def one(cls: type[FleetAgent], prompt: str) -> Outcome:
         agent = agents[cls]
         try:
-            user = f"user-{zlib.crc32(prompt.encode()) % 5}"
+            # The coder's jobs carry the run's id as their user: the demo budget's scope.
+            user = run_id if cls is Coder else f"user-{zlib.crc32(prompt.encode()) % 5}"
             result = agent.call_llm(prompt, max_tokens=48, user=user, timeout=90)
             return Outcome(agent.name, cls.tier, result, None)
         except FleetError as exc:
@@ -116,7 +120,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _summary(outcomes: list[Outcome], console: Console) -> None:
     table = Table(title="Jobs per tier")
-    for column in ("tier", "jobs", "ok", "failed", "retries", "fallbacks", "cost $",
+    for column in ("tier", "jobs", "ok", "failed", "cached", "retries", "fallbacks", "cost $",
                    "p50 ms", "p95 ms"):
         table.add_column(column, justify="right" if column != "tier" else "left")
     by_tier: dict[str, list[Outcome]] = defaultdict(list)
@@ -126,6 +130,7 @@ def _summary(outcomes: list[Outcome], console: Console) -> None:
         ok = [o.result for o in group if o.result is not None]
         latencies = [r.latency_ms for r in ok]
         table.add_row(tier, str(len(group)), str(len(ok)), str(len(group) - len(ok)),
+                      str(sum(r.cache_hit for r in ok)),
                       str(sum(max(0, r.attempts - 1) for r in ok)),
                       str(sum(r.fallback_used for r in ok)), f"{sum(r.cost_usd for r in ok):.5f}",
                       f"{_percentile(latencies, 50):.0f}", f"{_percentile(latencies, 95):.0f}")
@@ -142,11 +147,17 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
     console = Console(width=None if Console().is_terminal else 110)
     settings, fleet = load_config()
     started = time.monotonic()
+    run_started = dt.datetime.now(dt.UTC)
+    run_id = f"demo-{uuid.uuid4().hex[:8]}"
     with ExitStack() as stack:
         services = resolve_services(settings)
         export_service_env(services)
         assert services.database_url is not None
         migrate(services.database_url)
+        if not settings.config_path:
+            path = write_demo_fleet_file(settings.resolved_data_dir, run_id)
+            os.environ["LLMFLEET_CONFIG"] = str(path)
+            settings, fleet = load_config()
         where = "embedded" if services.embedded else "from the environment"
         console.print(f"Redis {services.redis_url} and Postgres ({where}) ready "
                       f"in {time.monotonic() - started:.1f}s")
@@ -177,15 +188,18 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
         vectors = client.embed([f"Notes on {t}" for t in TOPICS], agent="planner").get(60)
         console.print(f"Embedded {len(vectors.vectors)} notes on llm.embeddings "
                       f"({vectors.dimensions} dimensions, ${vectors.cost_usd:.6f})")
-        outcomes, agents = _run_agents(client, jobs, console)
+        outcomes, agents = _run_agents(client, jobs, run_id, console)
         _summary(outcomes, console)
         if simulator is not None:
             counts = simulator.stats()
             by_status = ", ".join(f"{n} x {s}" for s, n in sorted(counts["by_status"].items()))
             console.print(f"Provider calls seen by the simulator: {counts['requests']} "
                           f"({by_status})")
+        if services.database_url and settings.enable_cost_tracking:
+            show_accounting(client, services.redis_url, services.database_url, fleet,
+                            run_started, run_id, console)
         for agent in agents:
-            stats = agent.get_agent_stats()
+            stats = agent.get_agent_stats(since=run_started.isoformat())
             console.print(f"  {stats['agent']}: {stats['jobs']} jobs, "
                           f"${stats['total_cost_usd']:.5f}, cache hit rate "
                           f"{stats['cache_hit_rate']:.0%}")

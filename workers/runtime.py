@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import httpx
+import redis
 import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
 
@@ -24,10 +25,11 @@ from workers.accounting import BudgetStep, LedgerStep, OnceStep
 from workers.attempts import AttemptRunner
 from workers.breaker import Breaker
 from workers.budgets import BudgetLedger
+from workers.cache_step import CacheStep  # CacheStep wiring (helper)
 from workers.db import async_engine
 from workers.ledger import LedgerFlusher
 from workers.pipeline import Pipeline
-from workers.providers import build_providers
+from workers.providers import Provider, build_providers  # CacheStep wiring (helper)
 from workers.steps import Step
 
 __all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
@@ -49,6 +51,8 @@ class WorkerRuntime:
                                         name="llmfleet-io")
         self._thread.start()
         self.flusher: LedgerFlusher | None = None
+        #: For housekeeping bodies, which run synchronously in pool threads.
+        self.sync_redis = redis.Redis.from_url(redis_url)
         self.pipeline: Pipeline = self.run(self._build(redis_url, dict(env or os.environ)))
 
     async def _build(self, redis_url: str, env: dict[str, str]) -> Pipeline:
@@ -63,13 +67,15 @@ class WorkerRuntime:
             self.flusher.start()
         return Pipeline(self.fleet, providers, breaker,
                         AttemptRunner(retry=self.fleet.retry, breaker=breaker),
-                        steps=self._steps())
+                        steps=self._steps(providers))  # CacheStep wiring (helper)
 
-    def _steps(self) -> list[Step]:
+    def _steps(self, providers: dict[str, Provider]) -> list[Step]:
         """The pipeline's layers, outermost first: the one place their order is set."""
         steps: list[Step] = [OnceStep(self.redis)]
         if self.settings.enable_cost_tracking:
             steps.append(LedgerStep(self.redis))
+        # CacheStep wiring (helper)
+        steps.append(CacheStep(self.redis, self.fleet, self.settings, providers))
         steps.append(BudgetStep(BudgetLedger(self.redis, self.fleet)))
         return steps
 
@@ -88,6 +94,7 @@ class WorkerRuntime:
         if self._loop.is_closed():
             return
         self.run(_close(), timeout=10)
+        self.sync_redis.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

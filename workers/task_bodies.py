@@ -8,12 +8,15 @@ worker or lose another job.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
+from sqlalchemy import Engine
 
 from schemas import (
     CompletionJob,
@@ -25,8 +28,21 @@ from schemas import (
     validation_error,
 )
 from schemas.keys import BEAT_LAST_RUN
-from tasks.names import BEAT_HEARTBEAT, COMPLETE, COMPLETE_BATCH, EMBED, TASK_OPTIONS
+from tasks.names import (
+    AGENT_STATS,
+    BEAT_HEARTBEAT,
+    COMPLETE,
+    COMPLETE_BATCH,
+    EMBED,
+    ENFORCE_BUDGETS,
+    PURGE_EXPIRED,
+    ROLLUP_METRICS,
+    TASK_OPTIONS,
+)
+from workers import periodic, reports
 from workers.accounting import rejected_row
+from workers.alerts import Alerter
+from workers.db import sync_engine
 from workers.ledger import spool_row
 from workers.runtime import WorkerRuntime, get_runtime
 
@@ -94,11 +110,43 @@ def beat_heartbeat() -> None:
     runtime.run(stamp())
 
 
+def _with_database(work: Callable[[WorkerRuntime, Engine], dict[str, Any]]) -> dict[str, Any]:
+    """Run a housekeeping body against the ledger; skipped without a database."""
+    runtime = get_runtime()
+    url = runtime.settings.database_url
+    if not url or not runtime.settings.enable_cost_tracking:
+        return {"skipped": "cost tracking is off or DATABASE_URL is unset"}
+    return work(runtime, sync_engine(url))
+
+
+def enforce_budgets() -> dict[str, Any]:
+    def work(runtime: WorkerRuntime, engine: Engine) -> dict[str, Any]:
+        return periodic.enforce_budgets(engine, runtime.sync_redis, runtime.fleet,
+                                        Alerter.from_env(os.environ))
+    return _with_database(work)
+
+
+def rollup_metrics() -> dict[str, Any]:
+    return _with_database(lambda runtime, engine: periodic.rollup_metrics(engine))
+
+
+def purge_expired() -> dict[str, Any]:
+    return _with_database(lambda runtime, engine: periodic.purge_expired(
+        engine, runtime.settings.metrics_retention_days))
+
+
+def agent_stats(agent: str, since: str | None = None) -> dict[str, Any]:
+    """An agent's figures from the ledger, fleet-wide."""
+    start = dt.datetime.fromisoformat(since) if since else None
+    return _with_database(lambda runtime, engine: reports.agent_stats(engine, agent, start))
+
+
 def bind_tasks(app: Celery) -> None:
     """Register the bodies on ``app`` under the declared names and options."""
     bodies: dict[str, Callable[..., Any]] = {
         COMPLETE: complete, COMPLETE_BATCH: complete_batch, EMBED: embed,
-        BEAT_HEARTBEAT: beat_heartbeat,
+        BEAT_HEARTBEAT: beat_heartbeat, ENFORCE_BUDGETS: enforce_budgets,
+        ROLLUP_METRICS: rollup_metrics, PURGE_EXPIRED: purge_expired, AGENT_STATS: agent_stats,
     }
     for name, body in bodies.items():
         app.task(name=name, **TASK_OPTIONS[name])(body)

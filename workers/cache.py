@@ -1,0 +1,267 @@
+"""The exact response cache and in-flight coalescing, shared by every worker via Redis.
+
+``ResponseCache`` keeps answers under their key (``schemas.cache_key``) for
+CACHE_TTL_SECONDS and within CACHE_MAX_SIZE entries: a sorted set indexes its own
+entries by last use and a put evicts the least recently used beyond the size, in one
+Lua script, so two workers never evict past each other. (Redis' own maxmemory LRU would
+evict anything, the ledger spool included.) Scripts touch keys they compute, so they
+assume one Redis, not a cluster.
+
+``Coalescer`` makes identical jobs running at the same time, on any workers, cost one
+provider call: the first takes a short lock (SET NX PX, refreshed while it works), the
+rest follow it, woken through pub/sub and polling in case a wake-up is lost, and take
+the lock over when it expires (its holder died). Redis trouble never fails a job: the
+cache misses and the job calls on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas import CompletionResult
+from schemas.cache_key import LOOKUP_LUA, CachedAnswer
+from schemas.keys import CACHE_DONE, CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, CACHE_WAKE
+
+__all__ = ["Coalescer", "ResponseCache"]
+
+log = logging.getLogger(__name__)
+
+#: Store an entry, index it, drop index members unused for a TTL (their entries have
+#: expired), evict the least recently used beyond the size. KEYS: entry, index.
+#: ARGV: value, ttl ms, max size. Returns how many entries were evicted.
+_PUT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  local old = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #old, 2 do redis.call('DEL', old[i]) end
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return math.max(over, 0)
+"""
+#: A follower's look: its holder's outcome if left (KEYS[2], optional), else the lock's
+#: holder, else the lock for itself. KEYS: lock[, done]. ARGV: token, lock ms.
+_POLL = """
+if #KEYS > 1 then
+  local done = redis.call('GET', KEYS[2])
+  if done then return {'done', done} end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder then return {'held', holder} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {'held', ARGV[1]}
+"""
+#: Extend the lock while its holder is the one asking. KEYS: lock. ARGV: token, lock ms.
+_KEEP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+#: Leave the outcome, release the lock if still ours, wake the followers.
+#: KEYS: lock, done. ARGV: token, outcome, done ms, channel.
+_FINISH = """
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""
+DONE_MS = 60_000
+
+
+class ResponseCache:
+    """Answers by key in Redis, bounded by a TTL and an LRU size."""
+
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: float, max_size: int) -> None:
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._max_size = max_size
+        self._lookup = redis.register_script(LOOKUP_LUA)
+        self._put = redis.register_script(_PUT)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The answer under ``key``, marked as just used; None on a miss."""
+        try:
+            raw = await self._lookup(keys=[CACHE_ENTRY.format(key=key), CACHE_LRU])
+        except RedisError as exc:
+            log.warning("cache lookup failed (%s): treated as a miss", type(exc).__name__)
+            return None
+        if raw is None:
+            return None
+        try:
+            return CachedAnswer.model_validate_json(raw)
+        except ValueError:
+            return None  # an entry of another shape: a miss, overwritten by the next put
+
+    async def put(self, key: str, answer: CachedAnswer) -> int:
+        """Store ``answer``; how many least recently used entries it evicted."""
+        if self._max_size <= 0:
+            return 0
+        try:
+            evicted = await self._put(keys=[CACHE_ENTRY.format(key=key), CACHE_LRU],
+                                      args=[answer.model_dump_json(), self._ttl_ms,
+                                            self._max_size])
+        except RedisError as exc:
+            log.warning("cache store failed (%s): the answer is not cached",
+                        type(exc).__name__)
+            return 0
+        return int(evicted)
+
+
+class _Wakeups:
+    """One pub/sub connection per process, fanning holders' wake-ups out to followers.
+    A hint only: followers poll as well, so a lost message costs a poll interval."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
+        event = asyncio.Event()
+        watchers = self._events.setdefault(channel, set())
+        watchers.add(event)
+        try:
+            if len(watchers) == 1:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.subscribe(channel)
+                    if self._reader is None or self._reader.done():
+                        self._reader = asyncio.get_running_loop().create_task(self._read())
+            yield event
+        finally:
+            watchers.discard(event)
+            if not watchers and self._events.get(channel) is watchers:
+                del self._events[channel]
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError):
+                await asyncio.sleep(0.1)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            for event in self._events.get(name, ()):
+                event.set()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+
+#: The holder's work: a provider's result, or an answer it found cached after all.
+Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
+
+
+class Coalescer:
+    """One provider call per key at a time, fleet-wide; identical jobs share it."""
+
+    def __init__(self, redis: aioredis.Redis, *, lock_ms: int = 5000, refresh_s: float = 2.0,
+                 poll_s: float = 0.25) -> None:
+        self._lock_ms, self._refresh_s, self._poll_s = lock_ms, refresh_s, poll_s
+        self._poll = redis.register_script(_POLL)
+        self._keep = redis.register_script(_KEEP)
+        self._finish = redis.register_script(_FINISH)
+        self._wakeups = _Wakeups(redis)
+
+    async def run(self, key: str, produce: Produce, timeout: float
+                  ) -> CompletionResult | CachedAnswer:
+        """``produce()``'s result if this job made the call, else the answer of the
+        identical job that did. Waits at most ``timeout`` for another job, then (or
+        when that job failed) produces on its own."""
+        token = uuid.uuid4().hex
+        try:
+            _, holder = await self._look(key, None, token)
+            if holder is not None and holder != token:
+                answer, holder = await self._follow(key, holder, token, timeout)
+                if answer is not None:
+                    return answer
+        except RedisError as exc:
+            log.warning("coalescing unavailable (%s): calling on", type(exc).__name__)
+            return await produce()
+        if holder != token:
+            return await produce()
+        return await self._lead(key, token, produce)
+
+    async def _look(self, key: str, holder: str | None, token: str
+                    ) -> tuple[CachedAnswer | None, str | None]:
+        """(the holder's answer, None) when it finished well; (None, None) when it
+        failed; else (None, who holds the lock now: maybe this job)."""
+        keys = [CACHE_LOCK.format(key=key)]
+        if holder is not None:
+            keys.append(CACHE_DONE.format(key=key, token=holder))
+        kind, value = await self._poll(keys=keys, args=[token, self._lock_ms])
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if kind in (b"held", "held"):
+            return None, text
+        outcome = json.loads(text)
+        if not outcome.get("ok"):
+            return None, None
+        return CachedAnswer.model_validate(outcome["answer"]), None
+
+    async def _follow(self, key: str, holder: str, token: str, timeout: float
+                      ) -> tuple[CachedAnswer | None, str | None]:
+        """Wait on the holder (and whoever takes over from it) until an answer comes,
+        the lock falls to this job, a holder fails, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._wakeups.watch(CACHE_WAKE.format(key=key)) as woken:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None, None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(self._poll_s, left))
+                woken.clear()
+                answer, now_held = await self._look(key, holder, token)
+                if answer is not None or now_held is None or now_held == token:
+                    return answer, now_held
+                holder = now_held
+
+    async def _lead(self, key: str, token: str, produce: Produce
+                    ) -> CompletionResult | CachedAnswer:
+        keeper = asyncio.get_running_loop().create_task(self._keep_lock(key, token))
+        outcome: dict[str, object] = {"ok": False}
+        try:
+            result = await produce()
+            answer = result if isinstance(result, CachedAnswer) else CachedAnswer.of(result)
+            outcome = {"ok": True, "answer": answer.model_dump(mode="json")}
+            return result
+        finally:
+            keeper.cancel()
+            try:
+                await self._finish(keys=[CACHE_LOCK.format(key=key),
+                                         CACHE_DONE.format(key=key, token=token)],
+                                   args=[token, json.dumps(outcome), DONE_MS,
+                                         CACHE_WAKE.format(key=key)])
+            except RedisError:
+                log.warning("could not release the coalescing lock of %s: it expires", key)
+
+    async def _keep_lock(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            with contextlib.suppress(RedisError):
+                await self._keep(keys=[CACHE_LOCK.format(key=key)], args=[token, self._lock_ms])
+
+    async def close(self) -> None:
+        await self._wakeups.close()
