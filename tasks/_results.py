@@ -26,6 +26,8 @@ __all__ = ["ResultWaiter"]
 META_KEY = "celery-task-meta-{}"
 _FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 _RECHECK_S = 5.0
+#: Connections of one client's waiter: its pub/sub one and those its GETs share.
+MAX_CONNECTIONS = 16
 
 
 def _final_meta(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -58,6 +60,9 @@ class ResultWaiter:
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # redis-py's PubSub takes a pool connection per concurrent first subscribe:
+        # without this lock, 64 waiters starting together exhaust the pool.
+        self._pubsub_lock = asyncio.Lock()
 
     def wait(self, job_id: str, timeout: float | None) -> Any:
         future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
@@ -120,7 +125,10 @@ class ResultWaiter:
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.from_url(self._url)
+            # Waiters queue for a connection rather than fail when many GET at once.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url, max_connections=MAX_CONNECTIONS, timeout=None)
+            self._redis = aioredis.Redis(connection_pool=pool)
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         return self._redis
 
@@ -129,7 +137,8 @@ class ResultWaiter:
         waiters = self._waiters.setdefault(key, [])
         waiters.append(future)
         if len(waiters) == 1:
-            await self._pubsub.subscribe(key)
+            async with self._pubsub_lock:
+                await self._pubsub.subscribe(key)
         self._subscribed.set()
         if self._reader is None or self._reader.done():
             self._reader = self._loop.create_task(self._read())
@@ -142,7 +151,8 @@ class ResultWaiter:
             del self._waiters[key]
             # A gone connection needs no unsubscribe; the next subscribe reconnects.
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(key)
+                async with self._pubsub_lock:
+                    await self._pubsub.unsubscribe(key)
 
     async def _read(self) -> None:
         while True:
