@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.config import CacheConfig, FleetConfig
 from schemas.jobs import CompletionJob, CompletionResult, Usage
+from schemas.settings import Settings
 
 __all__ = [
     "KEY_VERSION",
     "LOOKUP_LUA",
     "CacheMode",
     "CachedAnswer",
+    "cache_enabled",
     "cache_key",
     "cache_mode",
     "canonical_hash",
@@ -79,6 +81,13 @@ def effective_max_tokens(fleet: FleetConfig, tier: str, job: CompletionJob) -> i
     """The output limit the worker will apply (``Pipeline.context`` resolves it alike)."""
     return (job.max_tokens or fleet.tiers[tier].default_max_tokens
             or fleet.default_max_tokens)
+
+
+def cache_enabled(settings: Settings) -> bool:
+    """ENABLE_LLM_CACHE, and room to keep something for some time: CACHE_MAX_SIZE=0 or
+    CACHE_TTL_SECONDS=0 turn the cache off as well."""
+    return (settings.enable_llm_cache and settings.cache_max_size > 0
+            and settings.cache_ttl_seconds > 0)
 
 
 def cache_mode(job: CompletionJob, config: CacheConfig, enabled: bool) -> CacheMode:

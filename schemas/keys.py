@@ -14,6 +14,7 @@ __all__ = [
     "BUDGET",
     "BUDGET_SETTLED",
     "CACHE_DONE",
+    "CACHE_EMBEDDING",
     "CACHE_ENTRY",
     "CACHE_LOCK",
     "CACHE_LRU",
@@ -76,3 +77,7 @@ CACHE_WAKE = PREFIX + "cache:wake:{key}"
 #: before its last user message): a hash of CACHE_ENTRY key -> embedding (float32
 #: bytes); expires CACHE_TTL_SECONDS after its last write.
 CACHE_SEMANTIC = PREFIX + "cache:semantic:{scope}"
+#: One text's embedding (little-endian float32 bytes) under the sha256 of (model,
+#: dimensions, text) (``workers.embed_cache``); expires CACHE_TTL_SECONDS after it was
+#: written, so that re-embedding a known text costs no provider call meanwhile.
+CACHE_EMBEDDING = PREFIX + "cache:embedding:{key}"

@@ -16,7 +16,14 @@ import redis
 from redis.exceptions import RedisError
 
 from schemas import CompletionJob, CompletionResult, FleetConfig, JobStatus, LedgerRow, Settings
-from schemas.cache_key import LOOKUP_LUA, CachedAnswer, cache_key, cache_mode, effective_max_tokens
+from schemas.cache_key import (
+    LOOKUP_LUA,
+    CachedAnswer,
+    cache_enabled,
+    cache_key,
+    cache_mode,
+    effective_max_tokens,
+)
 from schemas.keys import CACHE_ENTRY, CACHE_LRU, LEDGER_SPOOL
 
 __all__ = ["CacheShortCircuit"]
@@ -29,7 +36,7 @@ class CacheShortCircuit:
 
     def __init__(self, redis_url: str, fleet: FleetConfig, settings: Settings) -> None:
         self._fleet = fleet
-        self._enabled = settings.enable_llm_cache and settings.cache_max_size > 0
+        self._enabled = cache_enabled(settings)
         self._redis = redis.Redis.from_url(redis_url)
         self._lookup = self._redis.register_script(LOOKUP_LUA)
 

@@ -53,12 +53,18 @@ end
 redis.call('PEXPIRE', KEYS[2], ttl)
 return math.max(over, 0)
 """
-#: A follower's look: its holder's outcome if left (KEYS[2], optional), else the lock's
-#: holder, else the lock for itself. KEYS: lock[, done]. ARGV: token, lock ms.
-_POLL = """
-if #KEYS > 1 then
-  local done = redis.call('GET', KEYS[2])
-  if done then return {'done', done} end
+#: One look, atomic: the answer if there is one (on arrival the cache entry, marked used;
+#: for a follower its holder's outcome), else the lock's holder, else the lock for the
+#: caller. KEYS: lock, LRU index, the answer's key. ARGV: token, lock ms, what the
+#: answer's key is ("entry" or "done").
+_LOOK = """
+local found = redis.call('GET', KEYS[3])
+if found then
+  if ARGV[3] == 'entry' then
+    local t = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000), KEYS[3])
+  end
+  return {ARGV[3], found}
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then return {'held', holder} end
@@ -121,10 +127,16 @@ class ResponseCache:
 
 class _Wakeups:
     """One pub/sub connection per process, fanning holders' wake-ups out to followers.
-    A hint only: followers poll as well, so a lost message costs a poll interval."""
+    A hint only: followers poll as well, so a lost message costs a poll interval.
+
+    Its commands go one at a time (``_lock``): redis-py's PubSub takes its connection
+    from the pool on first use without a lock, so concurrent first subscribes each take
+    one and all but the last stay checked out for good (redis-py 8 caps a pool at 100).
+    """
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
+        self._lock = asyncio.Lock()
         self._events: dict[str, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -136,7 +148,8 @@ class _Wakeups:
         try:
             if len(watchers) == 1:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.subscribe(channel)
+                    async with self._lock:
+                        await self._pubsub.subscribe(channel)
                     if self._reader is None or self._reader.done():
                         self._reader = asyncio.get_running_loop().create_task(self._read())
             yield event
@@ -145,7 +158,8 @@ class _Wakeups:
             if not watchers and self._events.get(channel) is watchers:
                 del self._events[channel]
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+                    async with self._lock:
+                        await self._pubsub.unsubscribe(channel)
 
     async def _read(self) -> None:
         while True:
@@ -169,7 +183,7 @@ class _Wakeups:
         await self._pubsub.aclose()
 
 
-#: The holder's work: a provider's result, or an answer it found cached after all.
+#: The holder's work: a provider's result, or an answer it found (by meaning).
 Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
 
 
@@ -179,25 +193,28 @@ class Coalescer:
     def __init__(self, redis: aioredis.Redis, *, lock_ms: int = 5000, refresh_s: float = 2.0,
                  poll_s: float = 0.25) -> None:
         self._lock_ms, self._refresh_s, self._poll_s = lock_ms, refresh_s, poll_s
-        self._poll = redis.register_script(_POLL)
+        self._look_lua = redis.register_script(_LOOK)
         self._keep = redis.register_script(_KEEP)
         self._finish = redis.register_script(_FINISH)
         self._wakeups = _Wakeups(redis)
 
     async def run(self, key: str, produce: Produce, timeout: float
                   ) -> CompletionResult | CachedAnswer:
-        """``produce()``'s result if this job made the call, else the answer of the
-        identical job that did. Waits at most ``timeout`` for another job, then (or
-        when that job failed) produces on its own."""
+        """The cached answer; else ``produce()``'s result if this job made the call;
+        else the answer of the identical job that did. The cache lookup and taking the
+        lock are one step, so no job calls after another stored. Waits at most
+        ``timeout`` for another job, then (or when that job failed) produces itself."""
         token = uuid.uuid4().hex
         try:
-            _, holder = await self._look(key, None, token)
+            answer, holder = await self._look(key, None, token)
+            if answer is not None:
+                return answer
             if holder is not None and holder != token:
                 answer, holder = await self._follow(key, holder, token, timeout)
                 if answer is not None:
                     return answer
-        except RedisError as exc:
-            log.warning("coalescing unavailable (%s): calling on", type(exc).__name__)
+        except (RedisError, ValueError) as exc:
+            log.warning("cache unavailable (%s): calling on", type(exc).__name__)
             return await produce()
         if holder != token:
             return await produce()
@@ -205,15 +222,18 @@ class Coalescer:
 
     async def _look(self, key: str, holder: str | None, token: str
                     ) -> tuple[CachedAnswer | None, str | None]:
-        """(the holder's answer, None) when it finished well; (None, None) when it
-        failed; else (None, who holds the lock now: maybe this job)."""
-        keys = [CACHE_LOCK.format(key=key)]
-        if holder is not None:
-            keys.append(CACHE_DONE.format(key=key, token=holder))
-        kind, value = await self._poll(keys=keys, args=[token, self._lock_ms])
+        """(the cached answer or the holder's, None) when there is one; (None, None) when
+        the holder failed; else (None, who holds the lock now: maybe this job)."""
+        answer_key = (CACHE_ENTRY.format(key=key) if holder is None
+                      else CACHE_DONE.format(key=key, token=holder))
+        kind, value = await self._look_lua(
+            keys=[CACHE_LOCK.format(key=key), CACHE_LRU, answer_key],
+            args=[token, self._lock_ms, "entry" if holder is None else "done"])
         text = value.decode() if isinstance(value, bytes) else str(value)
         if kind in (b"held", "held"):
             return None, text
+        if kind in (b"entry", "entry"):
+            return CachedAnswer.model_validate_json(text), None
         outcome = json.loads(text)
         if not outcome.get("ok"):
             return None, None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from schemas import CompletionJob, CompletionResult, ConfigError, FleetConfig, Settings
-from schemas.cache_key import CachedAnswer, cache_key, cache_mode, is_cacheable
+from schemas.cache_key import CachedAnswer, cache_enabled, cache_key, cache_mode, is_cacheable
 from workers.cache import Coalescer, ResponseCache
 from workers.providers import Provider
 from workers.semantic_cache import SemanticCache
@@ -37,7 +37,7 @@ class CacheStep(Step):
     def __init__(self, redis: aioredis.Redis, fleet: FleetConfig, settings: Settings,
                  providers: Mapping[str, Provider] | None = None) -> None:
         self._fleet = fleet
-        self._enabled = settings.enable_llm_cache and settings.cache_max_size > 0
+        self._enabled = cache_enabled(settings)
         self._cache = ResponseCache(redis, ttl_s=settings.cache_ttl_seconds,
                                     max_size=settings.cache_max_size)
         self._coalescer = Coalescer(redis)
@@ -64,11 +64,8 @@ class CacheStep(Step):
         ctx.state["cache_key"] = key
         if mode == "refresh":
             return await self._call_and_store(ctx, call_next, key, model)
-        answer = await self._cache.get(key)
-        if answer is None and self._semantic is not None:
-            answer = await self._semantic.find(ctx)
-        if answer is not None:
-            return self._hit(ctx, answer)
+        # One look finds the answer, or makes this job the one that calls for its key,
+        # or has it wait for the identical job that already is.
         outcome = await self._coalescer.run(
             key, lambda: self._lead(ctx, call_next, key, model),
             timeout=self._wait_limit(ctx))
@@ -76,11 +73,12 @@ class CacheStep(Step):
 
     async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
                     model: str) -> CompletionResult | CachedAnswer:
-        """The job holding the key's lock: look once more (an identical job may have
-        stored its answer between our miss and our lock), else call and store."""
-        answer = await self._cache.get(key)
-        if answer is not None:
-            return answer
+        """The job holding the key's lock: look by meaning (here, so that a burst of
+        identical jobs embeds its question once), else call and store."""
+        if self._semantic is not None:
+            answer = await self._semantic.find(ctx)
+            if answer is not None:
+                return answer
         return await self._call_and_store(ctx, call_next, key, model)
 
     async def _call_and_store(self, ctx: JobContext, call_next: Handler, key: str,

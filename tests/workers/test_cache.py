@@ -1,5 +1,6 @@
 """The response cache against real Redis: the key, TTL and LRU, the CacheStep's policy,
-coalescing between two steps standing for two workers, and the semantic cache.
+coalescing between two steps standing for two workers (the semantic cache:
+``test_semantic_cache.py``).
 
 Every test asks its own questions (``uid``): the session's Redis is shared.
 """
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,6 @@ from workers.attempts import Deadline
 from workers.cache import ResponseCache
 from workers.cache_step import CacheStep
 from workers.providers import build_providers
-from workers.semantic_cache import DIMENSIONS, cosine, guard_of, pack, unpack
-from workers.simulator._embeddings import embed
 from workers.steps import JobContext, Result
 
 FLEET = load_fleet_config()
@@ -105,9 +104,11 @@ async def steps(redis_url: str, count: int = 1, settings: Settings = ON,
         await http.aclose()
 
 
-def run(step: CacheStep, j: CompletionJob, provider: Provider,
-        fleet: FleetConfig = FLEET) -> Awaitable[Result]:
-    return step(context(j, fleet), provider)
+async def run(step: CacheStep, j: CompletionJob, provider: Provider,
+              fleet: FleetConfig = FLEET) -> CompletionResult:
+    result = await step(context(j, fleet), provider)
+    assert isinstance(result, CompletionResult)
+    return result
 
 
 # -- the key ---------------------------------------------------------------
@@ -213,7 +214,7 @@ def test_a_hit_answers_without_calling_on_and_records_what_it_saved(redis_url: s
             hit = await step(ctx, provider)
             # Then no call was made, and the hit is the new job's, free, flagged
             assert provider.calls == 1 and isinstance(hit, CompletionResult)
-            assert hit.content == first.content  # type: ignore[union-attr]
+            assert hit.content == first.content
             assert (hit.job_id, hit.agent, hit.user, hit.tier) == (
                 again.job_id, "planner", "u2", "simple")
             assert hit.cache_hit and hit.cost_usd == 0 and hit.attempts == 0
@@ -224,6 +225,8 @@ def test_a_hit_answers_without_calling_on_and_records_what_it_saved(redis_url: s
 
 @pytest.mark.parametrize(("settings", "fields", "calls", "stored"), [
     (Settings(enable_llm_cache=False), {}, 2, False),  # cache off
+    (Settings(cache_ttl_seconds=0), {}, 2, False),  # nothing may be kept: off too
+    (Settings(cache_max_size=0), {}, 2, False),
     (ON, {"cache": "skip"}, 2, False),
     (ON, {"temperature": 0.9}, 2, False),  # above [cache].max_temperature
     (ON, {"temperature": 0.9, "cache": "use"}, 1, True),  # asked for despite it
@@ -258,7 +261,7 @@ def test_refresh_does_not_read_but_stores_the_new_answer(redis_url: str) -> None
             fresh = await run(step, job(text, cache="refresh"), provider)
             assert provider.calls == 2 and not fresh.cache_hit
             # And the next plain job gets the refreshed answer
-            assert (await run(step, job(text), provider)).content == fresh.content  # type: ignore[union-attr]
+            assert (await run(step, job(text), provider)).content == fresh.content
             assert provider.calls == 2
 
     asyncio.run(scenario())
@@ -358,6 +361,30 @@ def test_when_the_holder_fails_its_followers_call_at_once(redis_url: str) -> Non
     asyncio.run(scenario())
 
 
+def test_many_followers_share_one_pubsub_connection(redis_url: str) -> None:
+    from workers.cache import _Wakeups
+
+    async def scenario() -> None:
+        client = aioredis.from_url(redis_url)
+        wakeups = _Wakeups(client)
+
+        async def follow(channel: str) -> None:
+            async with wakeups.watch(channel):
+                await asyncio.sleep(0.05)
+
+        try:
+            # When 30 followers of 30 keys start waiting at the same moment
+            await asyncio.gather(*(follow(f"llmfleet:test:{uid()}") for _ in range(30)))
+            # Then their wake-ups took one connection, not one each (redis-py's PubSub
+            # takes its connection without a lock)
+            assert len(client.connection_pool._in_use_connections) <= 1
+        finally:
+            await wakeups.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
 # -- the short-circuit's read ------------------------------------------------------
 
 
@@ -380,92 +407,3 @@ def test_the_client_finds_what_a_worker_stored(redis_url: str) -> None:
         off.close()
     finally:
         lookup.close()
-
-
-# -- the semantic cache -----------------------------------------------------------
-
-NEAR_MISS_TEMPLATES = [
-    "Is {n} times 23 {neg}more than 300, {name}?",
-    "Explain why the service owned by {name} {neg}handles more than {n} requests per second "
-    "when the cache is warm and the database sits in the same zone as the workers",
-    "Write a farewell message for my colleague {name} who is {neg}leaving the team in {n} "
-    "weeks after five years of working with us on the data platform and the billing "
-    "migration",
-    "Review this pull request from {name}: requests are {neg}retried up to {n} times with "
-    "exponential backoff and full jitter, and a circuit breaker per provider route opens "
-    "after repeated failures within a sliding window",
-]
-
-
-def near_misses() -> list[tuple[str, str]]:
-    """Questions and a twin that differs by a number, a name or a negation only."""
-    pairs = []
-    for template in NEAR_MISS_TEMPLATES:
-        base = template.format(n=12, name="Alice", neg="")
-        pairs += [(base, template.format(n=15, name="Alice", neg="")),
-                  (base, template.format(n=12, name="Bob", neg="")),
-                  (base, template.format(n=12, name="Alice", neg="not "))]
-    return pairs
-
-
-def similar(a: str, b: str, threshold: float) -> bool:
-    (guard_a, va), (guard_b, vb) = (unpack(pack(guard_of(t), embed(t, DIMENSIONS)))
-                                    for t in (a, b))
-    return guard_a == guard_b and cosine(va, vb) >= threshold
-
-
-def test_near_misses_never_match_and_rewordings_do() -> None:
-    # Given the simulator's embeddings and the default threshold
-    threshold = CacheConfig().semantic_threshold
-    # Then no question matches its twin with another number, name or negation
-    false_hits = [pair for pair in near_misses() if similar(*pair, threshold)]
-    assert false_hits == []
-    # And the same question reworded in punctuation, spacing or politeness does
-    rewordings = [(q, variant) for q, _ in near_misses()[::3]
-                  for variant in (q.rstrip("?") + ".", "  " + q.replace(" ", "  "),
-                                  "Please " + q[0].lower() + q[1:])]
-    assert sum(similar(a, b, threshold) for a, b in rewordings) >= len(rewordings) - 2
-
-
-def test_a_rewording_is_served_by_meaning_and_a_near_miss_is_not(
-        redis_url: str, fleet: FleetConfig, sim: Any) -> None:
-    semantic = fleet.model_copy(update={"cache": CacheConfig(semantic_tiers=["simple"])})
-    tag = uid()
-    question = (f"Explain to Alice why service {tag} handles 40 requests per second when "
-                "the cache is warm and the database sits next to the workers")
-
-    async def scenario() -> None:
-        async with steps(redis_url, fleet=semantic) as (step,):
-            provider = Provider()
-            first = await run(step, job(question), provider, semantic)
-            # When the question comes back reworded, Then it is served from the cache
-            reworded = await run(step, job("Please " + question.lower()[:1] + question[1:]
-                                           + "."), provider, semantic)
-            assert reworded.cache_hit and reworded.content == first.content
-            # But not with another number, nor under another system prompt
-            near = await run(step, job(question.replace("40", "400")), provider, semantic)
-            framed = CompletionJob(tier="simple", messages=[
-                {"role": "system", "content": "Answer in French."},
-                {"role": "user", "content": question + "."}])
-            other = await run(step, framed, provider, semantic)
-            assert not near.cache_hit and not other.cache_hit and provider.calls == 3
-            assert sim.stats()["by_path"]["/v1/embeddings"] == 4
-
-    asyncio.run(scenario())
-
-
-def test_a_failing_embedding_only_skips_the_semantic_lookup(
-        redis_url: str, fleet: FleetConfig, sim: Any) -> None:
-    semantic = fleet.model_copy(update={"cache": CacheConfig(semantic_tiers=["simple"])})
-
-    async def scenario() -> None:
-        async with steps(redis_url, fleet=semantic) as (step,):
-            # Given an embeddings model that fails
-            sim.configure(fail_models={"text-embedding-3-small": 500})
-            provider, text = Provider(), uid()
-            # Then jobs are answered and the exact cache still serves repeats
-            assert not (await run(step, job(text), provider, semantic)).cache_hit
-            assert (await run(step, job(text), provider, semantic)).cache_hit
-            assert provider.calls == 1 and sim.stats()["by_status"].get("500", 0) >= 1
-
-    asyncio.run(scenario())
