@@ -25,7 +25,10 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   └── ProviderBadRequestError    other 4xx: the request itself is wrong
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
     ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
-    └── WorkerError                    a worker failed in a way none of the above names
+    ├── WorkerError                    a worker failed in a way none of the above names
+    └── VectorStoreError               the vector store cannot do what was asked
+        ├── VectorDimensionError       a vector's width is not its collection's
+        └── PgvectorMissingError       the database lacks the pgvector extension
 
 Control flow that is not an error (a job moved to another model, say) does not live here.
 """
@@ -44,6 +47,7 @@ __all__ = [
     "JobTimeoutError",
     "JobValidationError",
     "ModelNotFoundError",
+    "PgvectorMissingError",
     "ProviderAuthError",
     "ProviderBadRequestError",
     "ProviderConnectionError",
@@ -56,6 +60,8 @@ __all__ = [
     "RetryableProviderError",
     "UnknownModelError",
     "UnknownTierError",
+    "VectorDimensionError",
+    "VectorStoreError",
     "WorkerError",
 ]
 
@@ -233,3 +239,23 @@ class BudgetExceededError(FleetError):
 
 class WorkerError(FleetError):
     """A worker failed in a way no other class names."""
+
+
+class VectorStoreError(FleetError):
+    """The vector store cannot do what was asked; ``collection`` names where."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("collection",)
+    collection: str | None
+
+
+class VectorDimensionError(VectorStoreError):
+    """A vector's width differs from its collection's (``expected``, ``got``)."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("expected", "got")
+    expected: int | None
+    got: int | None
+
+
+class PgvectorMissingError(VectorStoreError):
+    """The database has no pgvector extension and we may not create it: the fleet runs
+    without it, only the vector store refuses."""

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["budget_alerts", "job_ledger", "metadata", "metrics_rollup"]
+__all__ = ["budget_alerts", "fleet_keys", "job_ledger", "metadata", "metrics_rollup"]
 
 metadata = MetaData()
 
@@ -99,4 +99,18 @@ metrics_rollup = Table(
     UniqueConstraint("granularity", "bucket_start", "model", "agent", "tier",
                      name="uq_metrics_rollup_bucket"),
     Index("ix_metrics_rollup_bucket", "granularity", "bucket_start"),
+)
+
+#: API keys of the HTTP API (``llmfleet keys``): only a sha256 of each key is kept; the
+#: key's id (its public prefix) is what lists, logs and revocations name.
+fleet_keys = Table(
+    "fleet_keys", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("agent", String(200), nullable=False),
+    Column("user_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
 )

@@ -1,8 +1,10 @@
-"""What an agent imports: the fleet client, the agent base class, the task names."""
+"""What an agent imports: the fleet client, the agent base class, the retriever, the
+task names."""
 
 from tasks.agent import AgentStats, FleetAgent
 from tasks.client import BatchHandle, FleetClient, JobHandle
 from tasks.names import COMPLETE, COMPLETE_BATCH, EMBED, queue_for
+from tasks.retriever import ContextRetriever
 
 __all__ = [
     "COMPLETE",
@@ -10,6 +12,7 @@ __all__ = [
     "EMBED",
     "AgentStats",
     "BatchHandle",
+    "ContextRetriever",
     "FleetAgent",
     "FleetClient",
     "JobHandle",

@@ -90,6 +90,8 @@ class ResultWaiter:
             await self._pubsub.aclose()
         if self._redis is not None:
             await self._redis.aclose()
+            # A pool handed to Redis() is not closed with it.
+            await self._redis.connection_pool.disconnect()
 
     async def _wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         key = META_KEY.format(job_id)

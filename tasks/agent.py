@@ -14,6 +14,7 @@ from typing import Any
 
 from schemas import CompletionResult, FleetError
 from tasks.client import FleetClient
+from tasks.retriever import ContextRetriever
 
 __all__ = ["AgentStats", "FleetAgent"]
 
@@ -54,6 +55,16 @@ class FleetAgent:
         self.client = client or FleetClient(agent=self.name)
         self._stats = AgentStats()
         self._lock = threading.Lock()
+        self._retrievers: dict[str, ContextRetriever] = {}
+
+    def rag(self, collection: str, **options: Any) -> ContextRetriever:
+        """The agent's retriever over ``collection``, built on first use with the
+        agent's client (``options`` as ContextRetriever's, used that first time)."""
+        with self._lock:
+            if collection not in self._retrievers:
+                self._retrievers[collection] = ContextRetriever(
+                    collection, client=self.client, **options)
+            return self._retrievers[collection]
 
     def _messages(self, prompt: str | Sequence[Mapping[str, Any]],
                   system: str | None) -> list[Mapping[str, Any]]:

@@ -94,7 +94,8 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
 @cli.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
-    """Run Celery beat: the fleet's periodic tasks (heartbeat; later budgets, roll-ups)."""
+    """Run Celery beat: heartbeat, enforce_budgets, rollup_metrics and purge_expired, at
+    the intervals of the fleet file's [beat] section."""
     from workers.app import create_app
     from workers.services import export_service_env, resolve_services
 
@@ -187,14 +188,16 @@ def demo(jobs: int, latency_ms: float, keep_servers: bool) -> None:
               help="Jobs in flight per worker process.")
 @click.option("--flower-port", default=5555, show_default=True, type=int)
 @click.option("--simulator-port", default=8765, show_default=True, type=int)
-def up(concurrency: int, flower_port: int, simulator_port: int) -> None:
-    """Run the fleet until Ctrl-C: servers, a worker per tier, beat and Flower (behind
+@click.option("--api-port", default=8000, show_default=True, type=int)
+def up(concurrency: int, flower_port: int, simulator_port: int, api_port: int) -> None:
+    """Run the fleet until Ctrl-C: servers, a worker per tier, beat, the HTTP API and
+    Flower (behind
     basic auth: LLMFLEET_FLOWER_USER / LLMFLEET_FLOWER_PASSWORD, else generated).
     Starts the provider simulator when no provider key is set."""
     from workers.up import run_up
 
     sys.exit(run_up(concurrency=concurrency, flower_port=flower_port,
-                    simulator_port=simulator_port))
+                    simulator_port=simulator_port, api_port=api_port))
 
 
 @cli.command()
@@ -225,14 +228,16 @@ def down() -> None:
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
-def _add_reports() -> None:
+def _add_commands() -> None:
+    """Commands that live in their own modules: reports, the HTTP API, fleet keys."""
+    from workers.api.cli import api_command, keys_group
     from workers.cli_reports import REPORT_COMMANDS
 
-    for command in REPORT_COMMANDS:
+    for command in [*REPORT_COMMANDS, api_command, keys_group]:
         cli.add_command(command)
 
 
-_add_reports()
+_add_commands()
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from rich.table import Table
 from schemas import CompletionResult, FleetConfig, FleetError, load_config
 from tasks import FleetAgent, FleetClient
 from workers.db import migrate
+from workers.demo_rag import run_rag_demo
 from workers.demo_report import show_accounting, write_demo_fleet_file
 from workers.services import export_service_env, resolve_services
 from workers.supervisor import Supervisor
@@ -195,6 +196,7 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
             by_status = ", ".join(f"{n} x {s}" for s, n in sorted(counts["by_status"].items()))
             console.print(f"Provider calls seen by the simulator: {counts['requests']} "
                           f"({by_status})")
+        run_rag_demo(client, services.database_url, console)
         if services.database_url and settings.enable_cost_tracking:
             show_accounting(client, services.redis_url, services.database_url, fleet,
                             run_started, run_id, console)

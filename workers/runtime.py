@@ -25,11 +25,12 @@ from workers.accounting import BudgetStep, LedgerStep, OnceStep
 from workers.attempts import AttemptRunner
 from workers.breaker import Breaker
 from workers.budgets import BudgetLedger
-from workers.cache_step import CacheStep  # CacheStep wiring (helper)
+from workers.cache_step import CacheStep
 from workers.db import async_engine
+from workers.embed_cache import EmbeddingCacheStep
 from workers.ledger import LedgerFlusher
 from workers.pipeline import Pipeline
-from workers.providers import Provider, build_providers  # CacheStep wiring (helper)
+from workers.providers import Provider, build_providers
 from workers.steps import Step
 
 __all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
@@ -67,15 +68,16 @@ class WorkerRuntime:
             self.flusher.start()
         return Pipeline(self.fleet, providers, breaker,
                         AttemptRunner(retry=self.fleet.retry, breaker=breaker),
-                        steps=self._steps(providers))  # CacheStep wiring (helper)
+                        steps=self._steps(providers))
 
     def _steps(self, providers: dict[str, Provider]) -> list[Step]:
         """The pipeline's layers, outermost first: the one place their order is set."""
         steps: list[Step] = [OnceStep(self.redis)]
         if self.settings.enable_cost_tracking:
             steps.append(LedgerStep(self.redis))
-        # CacheStep wiring (helper)
+        # Caches answer before budgets: a hit spends nothing, so it reserves nothing.
         steps.append(CacheStep(self.redis, self.fleet, self.settings, providers))
+        steps.append(EmbeddingCacheStep(self.redis, self.settings))
         steps.append(BudgetStep(BudgetLedger(self.redis, self.fleet)))
         return steps
 

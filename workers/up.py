@@ -31,7 +31,8 @@ def _flower_auth(console: Console) -> str:
     return f"{user}:{password}"
 
 
-def run_up(concurrency: int = 32, flower_port: int = 5555, simulator_port: int = 8765) -> int:
+def run_up(concurrency: int = 32, flower_port: int = 5555, simulator_port: int = 8765,
+           api_port: int = 8000) -> int:
     console = Console()
     settings, fleet = load_config()
     stop = False
@@ -70,11 +71,15 @@ def run_up(concurrency: int = 32, flower_port: int = 5555, simulator_port: int =
             sys.executable, "-m", "celery", "--app", "workers.app:app", "flower",
             f"--port={flower_port}", "--address=127.0.0.1"],
             extra_env={"FLOWER_BASIC_AUTH": _flower_auth(console)})
+        supervisor.start("api", ["api", "--port", str(api_port)])
         client = stack.enter_context(FleetClient(redis_url=services.redis_url, fleet=fleet))
         supervisor.wait_for_workers(client._app, len(fleet.tiers))
         console.print(f"Fleet up. Redis: {services.redis_url}\n"
                       f"Postgres: {services.database_url}\n"
                       f"Flower: http://127.0.0.1:{flower_port}\n"
+                      f"API: http://127.0.0.1:{api_port}/v1 (keys: `llmfleet keys create`; "
+                      f"admin API {'on' if os.environ.get('LLMFLEET_ADMIN_KEY') else 'off'}: "
+                      f"LLMFLEET_ADMIN_KEY)\n"
                       f"Logs: {supervisor.log_dir}\nCtrl-C stops it.")
         while not stop:
             time.sleep(0.5)

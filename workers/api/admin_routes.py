@@ -1,0 +1,167 @@
+"""``/api/admin/ml-ops``: the fleet's figures for operators, behind
+``Authorization: Bearer $LLMFLEET_ADMIN_KEY``; ``/health`` is public. With no admin key
+set the admin routes answer 503 saying so (never open by default). Figures come from
+the ledger through ``workers.reports``, equal to ``llmfleet costs`` and ``stats``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN
+from workers import reports
+from workers.api import queries
+from workers.api.errors import ApiError, ErrorResponse
+from workers.api.state import ApiState, state_of
+from workers.cli_reports import parse_since
+
+__all__ = ["health_report", "public_router", "require_admin", "router"]
+
+PREFIX = "/api/admin/ml-ops"
+
+
+async def require_admin(request: Request,
+                        authorization: Annotated[str | None, Header()] = None) -> None:
+    """The admin key, compared in constant time; 503 when the admin API is off."""
+    expected = state_of(request).admin_key
+    if expected is None:
+        raise ApiError(503, "the admin API is off: set LLMFLEET_ADMIN_KEY to turn it on",
+                       "admin_api_disabled", code="admin_api_disabled")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                             expected.encode()):
+        raise ApiError(401, "admin key required: Authorization: Bearer $LLMFLEET_ADMIN_KEY",
+                       "invalid_request_error", code="invalid_admin_key")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 503)}
+router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_admin)], responses=_ERRORS,
+                   tags=["admin"])
+public_router = APIRouter(prefix=PREFIX, tags=["admin"])
+
+
+def _since(value: str) -> dt.datetime:
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="since") from None
+
+
+def _overview(state: ApiState) -> dict[str, Any]:
+    now = reports.utc_now()
+    today = reports.stats(state.engine, queries.start_of_day(now))
+    live, per_queue = queries.workers_per_queue(state.control, state.fleet)
+    keys = ("jobs", "errors", "error_rate", "cache_hits", "cache_hit_rate", "cost_usd",
+            "cost_saved_usd", "prompt_tokens", "completion_tokens", "latency_p50_ms",
+            "latency_p95_ms", "latency_p99_ms")
+    return {"generated_at": now.isoformat(), "today": {k: today[k] for k in keys},
+            "per_tier": today["per_tier"],
+            "budgets": reports.budgets_state(state.engine, state.redis, state.fleet, now),
+            "queue_depths": queries.queue_depths(state.redis, state.fleet),
+            "workers": {"up": len(live), "names": live, "per_queue": per_queue}}
+
+
+@router.get("/overview")
+async def overview(request: Request) -> dict[str, Any]:
+    """Today (UTC): jobs, cost, error and cache hit rates, latency percentiles; budgets;
+    queue depths; workers up."""
+    return await asyncio.to_thread(_overview, state_of(request))
+
+
+@router.get("/metrics")
+async def metrics(request: Request,
+                  time_range: Literal["1h", "24h", "7d", "30d"] = "24h",
+                  model: Annotated[str | None, Query(max_length=200)] = None,
+                  agent: Annotated[str | None, Query(max_length=200)] = None
+                  ) -> dict[str, Any]:
+    """Totals and a time series over ``time_range``, optionally for one model or agent."""
+    state = state_of(request)
+    return await asyncio.to_thread(queries.metrics_page, state.engine, time_range,
+                                   model=model, agent=agent)
+
+
+@router.get("/costs")
+async def costs(request: Request, since: str = "30d") -> dict[str, Any]:
+    """Spend by day, agent, model, tier and user; top spenders; month-end projection."""
+    state = state_of(request)
+    return await asyncio.to_thread(queries.costs_page, state.engine, _since(since),
+                                   retention_days=state.settings.metrics_retention_days)
+
+
+@router.get("/stats")
+async def stats(request: Request, since: str = "24h") -> dict[str, Any]:
+    """``llmfleet stats``: jobs, errors, cache hits, tokens, cost, p50/p95/p99, per tier."""
+    return await asyncio.to_thread(reports.stats, state_of(request).engine, _since(since))
+
+
+@router.get("/experiments")
+async def experiments() -> dict[str, Any]:
+    """Prompt experiments: none are served yet."""
+    return {"experiments": [], "note": "experiments are not available in this fleet yet"}
+
+
+def _breakers(state: ApiState) -> list[dict[str, Any]]:
+    pattern = BREAKER_OPEN.format(route="*")
+    prefix = BREAKER_OPEN.format(route="")
+    out = []
+    for raw in state.redis.scan_iter(match=pattern, count=500):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        ttl = state.redis.pttl(key)
+        out.append({"route": key.removeprefix(prefix),
+                    "cooldown_left_s": round(ttl / 1000, 1) if ttl > 0 else None})
+    return out
+
+
+def _beat(state: ApiState) -> dict[str, Any]:
+    raw = state.redis.get(BEAT_LAST_RUN)
+    if raw is None:
+        return {"last_run": None, "age_s": None, "ok": False}
+    last = float(raw)
+    age = time.time() - last
+    return {"last_run": dt.datetime.fromtimestamp(last, dt.UTC).isoformat(),
+            "age_s": round(age, 1), "ok": age <= 3 * state.fleet.beat.heartbeat_s}
+
+
+def health_report(state: ApiState) -> tuple[bool, dict[str, Any]]:
+    """(healthy, report). Degraded: Redis or Postgres down, or a tier's queue with no
+    worker. A stale beat or a provider in cool-down is reported, not degrading."""
+    report: dict[str, Any] = {}
+    try:
+        state.redis.ping()
+        report["redis"] = {"ok": True}
+    except (RedisError, OSError) as exc:
+        report["redis"] = {"ok": False, "error": type(exc).__name__}
+    try:
+        with state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        report["postgres"] = {"ok": True}
+    except (SQLAlchemyError, OSError) as exc:
+        report["postgres"] = {"ok": False, "error": type(exc).__name__}
+    idle: list[str] = []
+    if report["redis"]["ok"]:
+        live, per_queue = queries.workers_per_queue(state.control, state.fleet)
+        idle = [q for q, n in per_queue.items() if n == 0]
+        report["workers"] = {"up": len(live), "per_queue": per_queue, "queues_without": idle}
+        report["beat"] = _beat(state)
+        report["providers_in_cooldown"] = _breakers(state)
+    healthy = report["redis"]["ok"] and report["postgres"]["ok"] and not idle
+    report["status"] = "ok" if healthy else "degraded"
+    return healthy, report
+
+
+@public_router.get("/health", responses={503: {"description": "degraded"}})
+async def health(request: Request) -> JSONResponse:
+    """Redis, Postgres, workers per queue, beat's last run, providers in cool-down;
+    503 when degraded."""
+    healthy, report = await asyncio.to_thread(health_report, state_of(request))
+    return JSONResponse(report, status_code=200 if healthy else 503)

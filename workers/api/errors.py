@@ -1,0 +1,152 @@
+"""Fleet errors as OpenAI error responses, so that every OpenAI SDK raises its own
+exception class for them: ``{"error": {"message", "type", "param", "code"}}``.
+
+The mapping is one table, most specific class first (as httpx maps httpcore's errors):
+
+    UnknownModelError, UnknownTierError   404  model_not_found
+    JobValidationError                    400  invalid_request_error, param = its field
+    BudgetExceededError                   429  budget_exceeded, naming the budget
+    RateLimitError                        429  rate_limit_exceeded
+    JobTimeoutError                       504  timeout
+    AllModelsFailedError, ProviderError   502  provider_error
+    FleetUnavailableError                 503  fleet_unavailable
+    anything else                         500  server_error
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from schemas import (
+    AllModelsFailedError,
+    BudgetExceededError,
+    FleetError,
+    FleetUnavailableError,
+    JobTimeoutError,
+    JobValidationError,
+    ProviderError,
+    RateLimitError,
+    UnknownModelError,
+    UnknownTierError,
+)
+
+__all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "fleet_error",
+           "install_handlers"]
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error answered as it is: status, OpenAI type, param and code."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type_
+        self.param, self.code, self.headers = param, code, headers
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    body = ErrorBody(message=error.message, type=error.type, param=error.param, code=error.code)
+    return JSONResponse({"error": body.model_dump()}, status_code=error.status,
+                        headers=error.headers)
+
+
+def _budget(exc: BudgetExceededError) -> ApiError:
+    spent = f"{exc.spent_usd:.6f}" if exc.spent_usd is not None else "?"
+    message = (f"budget {exc.budget!r} ({exc.period or 'its period'}) would be exceeded: "
+               f"spent ${spent} of ${exc.limit_usd}")
+    return ApiError(429, message, "budget_exceeded", code="budget_exceeded")
+
+
+def fleet_error(exc: FleetError) -> ApiError:
+    """The OpenAI error for a fleet error."""
+    if isinstance(exc, UnknownModelError | UnknownTierError):
+        return ApiError(404, exc.message, "invalid_request_error", "model", "model_not_found")
+    if isinstance(exc, JobValidationError):
+        return ApiError(400, exc.message, "invalid_request_error", exc.field)
+    if isinstance(exc, BudgetExceededError):
+        return _budget(exc)
+    if isinstance(exc, RateLimitError):
+        headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after else None
+        return ApiError(429, exc.message, "rate_limit_exceeded", code="rate_limit_exceeded",
+                        headers=headers)
+    if isinstance(exc, JobTimeoutError):
+        return ApiError(504, f"no result within {exc.timeout}s (job {exc.job_id}); the job "
+                        "may still finish", "timeout", code="timeout")
+    if isinstance(exc, AllModelsFailedError | ProviderError):
+        return ApiError(502, exc.message, "provider_error", code="all_models_failed")
+    if isinstance(exc, FleetUnavailableError):
+        return ApiError(503, exc.message, "fleet_unavailable", code="fleet_unavailable")
+    log.error("unmapped fleet error %s: %s", type(exc).__name__, exc.message)
+    return ApiError(500, f"{type(exc).__name__}: {exc.message}", "server_error")
+
+
+def _validation(exc: RequestValidationError) -> ApiError:
+    """The first problem of a request body, naming its parameter the OpenAI way."""
+    errors = list(exc.errors())
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return ApiError(400, "the body is not valid JSON", param=None, code="invalid_json")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unsupported parameter {param!r}: the fleet does not support "
+                        "it", param=param, code="unsupported_parameter")
+    if kind == "missing":
+        return ApiError(400, f"missing required parameter {param!r}", param=param,
+                        code="missing_required_parameter")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return ApiError(400, f"{param or 'body'}: {message}", param=param,
+                    code="invalid_value")
+
+
+async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _on_fleet_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FleetError)
+    return error_response(fleet_error(exc))
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(_validation(exc))
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(ApiError(exc.status_code, str(exc.detail), kind))
+
+
+def install_handlers(app: Any) -> None:
+    """Every error the app can raise answers in OpenAI's shape."""
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(FleetError, _on_fleet_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(HTTPException, _on_http)
