@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: Connections per process to all providers together.
 MAX_CONNECTIONS = 512
+#: Connections per process to Redis (cache, spool, budgets, breaker).
+REDIS_CONNECTIONS = 64
 
 
 class WorkerRuntime:
@@ -60,7 +62,11 @@ class WorkerRuntime:
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS,
                               max_keepalive_connections=MAX_CONNECTIONS)
         self.http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits)
-        self.redis = aioredis.from_url(redis_url)
+        # Jobs of a batch run together and each makes a few Redis calls: they queue for
+        # a pooled connection rather than fail when the pool is busy.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_CONNECTIONS, timeout=None)
+        self.redis = aioredis.Redis(connection_pool=pool)
         breaker = Breaker(self.redis, self.fleet.breaker)
         providers = build_providers(self.fleet, self.http, env)
         if self.settings.enable_cost_tracking and self.settings.database_url:
@@ -92,6 +98,7 @@ class WorkerRuntime:
                 await self.flusher.stop()
             await self.http.aclose()
             await self.redis.aclose()
+            await self.redis.connection_pool.disconnect()
 
         if self._loop.is_closed():
             return
