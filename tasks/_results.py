@@ -2,9 +2,10 @@
 
 Celery's Redis result backend stores a finished task's meta at
 ``celery-task-meta-<id>`` and publishes the same JSON on a channel of that name. A
-private event loop thread subscribes per job, checks the key (the job may be done
-already), and resolves the waiter on the first final state. Any number of threads and
-event loops wait through it without a thread each.
+private event loop thread watches that channel per job (``tasks._pubsub.Channels``),
+reads the key (the job may be done already) and again whenever a message comes, and
+returns the first final state. Any number of threads and event loops wait through it
+without a thread each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import FleetUnavailableError, JobTimeoutError, WorkerError
+from tasks._pubsub import Channels
 
 __all__ = ["ResultWaiter"]
 
@@ -56,13 +58,7 @@ class ResultWaiter:
                                         name="llmfleet-results")
         self._thread.start()
         self._redis: aioredis.Redis | None = None
-        self._pubsub: Any = None
-        self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-        # redis-py's PubSub takes a pool connection per concurrent first subscribe:
-        # without this lock, 64 waiters starting together exhaust the pool.
-        self._pubsub_lock = asyncio.Lock()
+        self._channels: Channels | None = None
 
     def wait(self, job_id: str, timeout: float | None) -> Any:
         future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
@@ -84,10 +80,8 @@ class ResultWaiter:
         self._loop.close()
 
     async def _shutdown(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+        if self._channels is not None:
+            await self._channels.close()
         if self._redis is not None:
             await self._redis.aclose()
             # A pool handed to Redis() is not closed with it.
@@ -95,82 +89,38 @@ class ResultWaiter:
 
     async def _wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         key = META_KEY.format(job_id)
-        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        redis, channels = self._connect()
         try:
-            await self._subscribe(key, future)
-            return await self._poll(key, future, timeout)
+            async with channels.watch(key) as published:
+                return await self._poll(redis, key, published, timeout)
         except TimeoutError:
             raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
                                   job_id=job_id, timeout=timeout) from None
         except (RedisError, OSError) as exc:
             raise FleetUnavailableError(f"result backend unreachable: {type(exc).__name__}") \
                 from exc
-        finally:
-            await self._unsubscribe(key, future)
 
-    async def _poll(self, key: str, future: asyncio.Future[dict[str, Any]],
+    async def _poll(self, redis: aioredis.Redis, key: str, published: asyncio.Event,
                     timeout: float | None) -> dict[str, Any]:
-        """The published result, with a GET now and then in case a message was lost
-        (a reconnect drops what was published meanwhile)."""
+        """The result once its key holds a final state: read when its message comes,
+        and now and then regardless (a reconnect drops what was published meanwhile)."""
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            meta = _final_meta(await self._client().get(key))
+            meta = _final_meta(await redis.get(key))
             if meta is not None:
                 return meta
             left = _RECHECK_S if deadline is None else deadline - self._loop.time()
             if left <= 0:
                 raise TimeoutError
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), min(left, _RECHECK_S))
-            except TimeoutError:
-                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(published.wait(), min(left, _RECHECK_S))
+            published.clear()
 
-    def _client(self) -> aioredis.Redis:
-        if self._redis is None:
+    def _connect(self) -> tuple[aioredis.Redis, Channels]:
+        if self._redis is None or self._channels is None:
             # Waiters queue for a connection rather than fail when many GET at once.
             pool = aioredis.BlockingConnectionPool.from_url(
                 self._url, max_connections=MAX_CONNECTIONS, timeout=None)
             self._redis = aioredis.Redis(connection_pool=pool)
-            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        return self._redis
-
-    async def _subscribe(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
-        self._client()
-        waiters = self._waiters.setdefault(key, [])
-        waiters.append(future)
-        if len(waiters) == 1:
-            async with self._pubsub_lock:
-                await self._pubsub.subscribe(key)
-        self._subscribed.set()
-        if self._reader is None or self._reader.done():
-            self._reader = self._loop.create_task(self._read())
-
-    async def _unsubscribe(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
-        waiters = self._waiters.get(key, [])
-        if future in waiters:
-            waiters.remove(future)
-        if not waiters and key in self._waiters:
-            del self._waiters[key]
-            # A gone connection needs no unsubscribe; the next subscribe reconnects.
-            with contextlib.suppress(RedisError, OSError):
-                async with self._pubsub_lock:
-                    await self._pubsub.unsubscribe(key)
-
-    async def _read(self) -> None:
-        while True:
-            if not self._waiters:
-                self._subscribed.clear()
-                await self._subscribed.wait()
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError):
-                await asyncio.sleep(0.1)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            key = channel.decode() if isinstance(channel, bytes) else channel
-            meta = _final_meta(message["data"])
-            for future in self._waiters.get(key, []):
-                if meta is not None and not future.done():
-                    future.set_result(meta)
+            self._channels = Channels(self._redis)
+        return self._redis, self._channels

@@ -21,8 +21,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -30,6 +29,7 @@ from redis.exceptions import RedisError
 from schemas import CompletionResult
 from schemas.cache_key import LOOKUP_LUA, CachedAnswer
 from schemas.keys import CACHE_DONE, CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, CACHE_WAKE
+from tasks._pubsub import Channels
 
 __all__ = ["Coalescer", "ResponseCache"]
 
@@ -125,64 +125,6 @@ class ResponseCache:
         return int(evicted)
 
 
-class _Wakeups:
-    """One pub/sub connection per process, fanning holders' wake-ups out to followers.
-    A hint only: followers poll as well, so a lost message costs a poll interval.
-
-    Its commands go one at a time (``_lock``): redis-py's PubSub takes its connection
-    from the pool on first use without a lock, so concurrent first subscribes each take
-    one and all but the last stay checked out for good (redis-py 8 caps a pool at 100).
-    """
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
-        self._lock = asyncio.Lock()
-        self._events: dict[str, set[asyncio.Event]] = {}
-        self._reader: asyncio.Task[None] | None = None
-
-    @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        event = asyncio.Event()
-        watchers = self._events.setdefault(channel, set())
-        watchers.add(event)
-        try:
-            if len(watchers) == 1:
-                with contextlib.suppress(RedisError, OSError):
-                    async with self._lock:
-                        await self._pubsub.subscribe(channel)
-                    if self._reader is None or self._reader.done():
-                        self._reader = asyncio.get_running_loop().create_task(self._read())
-            yield event
-        finally:
-            watchers.discard(event)
-            if not watchers and self._events.get(channel) is watchers:
-                del self._events[channel]
-                with contextlib.suppress(RedisError, OSError):
-                    async with self._lock:
-                        await self._pubsub.unsubscribe(channel)
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError):
-                await asyncio.sleep(0.1)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            channel = message["channel"]
-            name = channel.decode() if isinstance(channel, bytes) else str(channel)
-            for event in self._events.get(name, ()):
-                event.set()
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._pubsub.aclose()
-
-
 #: The holder's work: a provider's result, or an answer it found (by meaning).
 Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
 
@@ -196,7 +138,7 @@ class Coalescer:
         self._look_lua = redis.register_script(_LOOK)
         self._keep = redis.register_script(_KEEP)
         self._finish = redis.register_script(_FINISH)
-        self._wakeups = _Wakeups(redis)
+        self._wakeups = Channels(redis)
 
     async def run(self, key: str, produce: Produce, timeout: float
                   ) -> CompletionResult | CachedAnswer:

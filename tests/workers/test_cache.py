@@ -361,30 +361,6 @@ def test_when_the_holder_fails_its_followers_call_at_once(redis_url: str) -> Non
     asyncio.run(scenario())
 
 
-def test_many_followers_share_one_pubsub_connection(redis_url: str) -> None:
-    from workers.cache import _Wakeups
-
-    async def scenario() -> None:
-        client = aioredis.from_url(redis_url)
-        wakeups = _Wakeups(client)
-
-        async def follow(channel: str) -> None:
-            async with wakeups.watch(channel):
-                await asyncio.sleep(0.05)
-
-        try:
-            # When 30 followers of 30 keys start waiting at the same moment
-            await asyncio.gather(*(follow(f"llmfleet:test:{uid()}") for _ in range(30)))
-            # Then their wake-ups took one connection, not one each (redis-py's PubSub
-            # takes its connection without a lock)
-            assert len(client.connection_pool._in_use_connections) <= 1
-        finally:
-            await wakeups.close()
-            await client.aclose()
-
-    asyncio.run(scenario())
-
-
 # -- the short-circuit's read ------------------------------------------------------
 
 

@@ -1,0 +1,79 @@
+"""One Redis pub/sub connection per process, fanning messages out to watchers.
+
+Used by the client's result waiter (Celery publishes each result on its key) and by
+the workers' coalescing (a holder wakes the jobs waiting on its answer). A message is
+a hint: watchers also poll, so one lost in a reconnect costs a poll interval.
+
+Commands go one at a time (``_lock``): redis-py's PubSub takes its connection from the
+pool on first use without a lock, so concurrent first subscribes would each take one
+and all but the last stay checked out for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ["Channels"]
+
+
+class Channels:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
+        self._lock = asyncio.Lock()
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever a message arrives on ``channel`` (clear it to wait
+        again); subscribed for as long as anyone watches."""
+        event = asyncio.Event()
+        watchers = self._events.setdefault(channel, set())
+        watchers.add(event)
+        try:
+            if len(watchers) == 1:
+                with contextlib.suppress(RedisError, OSError):
+                    async with self._lock:
+                        await self._pubsub.subscribe(channel)
+                    if self._reader is None or self._reader.done():
+                        self._reader = asyncio.get_running_loop().create_task(self._read())
+            yield event
+        finally:
+            watchers.discard(event)
+            if not watchers and self._events.get(channel) is watchers:
+                del self._events[channel]
+                # A gone connection needs no unsubscribe; the next subscribe reconnects.
+                with contextlib.suppress(RedisError, OSError):
+                    async with self._lock:
+                        await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        while True:
+            if not self._events:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError, RuntimeError):
+                # RuntimeError: no subscription yet on a fresh connection.
+                await asyncio.sleep(0.1)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            for event in self._events.get(name, ()):
+                event.set()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
