@@ -262,10 +262,14 @@ def stats(engine: Engine, since: dt.datetime) -> dict[str, Any]:
 
 def agent_stats(engine: Engine, agent: str,
                 since: dt.datetime | None = None) -> dict[str, Any]:
-    """One agent's jobs, cost, tokens, cache hits and errors (all time by default)."""
-    measures = ledger_measures()
-    names = ("jobs", "cost_usd", "cache_hits", "prompt_tokens", "completion_tokens", "errors")
-    query = select(*[measures[n].label(n) for n in names]).where(job_ledger.c.agent == agent)
+    """One agent's jobs, cost, tokens, cache hits, what the cache saved (dollars and
+    tokens) and errors (all time by default)."""
+    c = job_ledger.c
+    measures = {**ledger_measures(), "tokens_saved": func.coalesce(
+        func.sum(c.prompt_tokens + c.completion_tokens).filter(c.cache_hit), 0)}
+    names = ("jobs", "cost_usd", "cache_hits", "cost_saved_usd", "tokens_saved",
+             "prompt_tokens", "completion_tokens", "errors")
+    query = select(*[measures[n].label(n) for n in names]).where(c.agent == agent)
     if since is not None:
         query = query.where(job_ledger.c.created_at >= since)
     with engine.connect() as connection:

@@ -155,11 +155,12 @@ def test_stats_of_nothing(engine: Engine) -> None:
 
 def test_agent_stats(engine: Engine, tag: str) -> None:
     at = dt.datetime(2043, 2, 2, tzinfo=UTC)
-    add(engine, row(tag, at, 1.25, cache_hit=True), row(tag, at, 0.75, status="failed"),
-        row(tag, at - dt.timedelta(days=30), 10.0))
+    add(engine, row(tag, at, 0.0, cache_hit=True, cost_saved_usd=1.25),
+        row(tag, at, 0.75, status="failed"), row(tag, at - dt.timedelta(days=30), 10.0))
     assert agent_stats(engine, tag, since=at - dt.timedelta(days=1)) == {
-        "agent": tag, "jobs": 2, "total_cost_usd": 2.0, "cache_hits": 1,
-        "cache_hit_rate": 0.5, "prompt_tokens": 20, "completion_tokens": 10, "errors": 1}
+        "agent": tag, "jobs": 2, "total_cost_usd": 0.75, "cache_hits": 1,
+        "cache_hit_rate": 0.5, "cost_saved_usd": 1.25, "tokens_saved": 15,
+        "prompt_tokens": 20, "completion_tokens": 10, "errors": 1}
     assert agent_stats(engine, tag)["jobs"] == 3
     assert agent_stats(engine, f"{tag}-nobody")["cache_hit_rate"] == 0.0
 
