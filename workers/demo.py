@@ -202,9 +202,12 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
                             run_started, run_id, console)
         for agent in agents:
             stats = agent.get_agent_stats(since=run_started.isoformat())
+            saved = stats.get("cost_saved_usd")
             console.print(f"  {stats['agent']}: {stats['jobs']} jobs, "
                           f"${stats['total_cost_usd']:.5f}, cache hit rate "
-                          f"{stats['cache_hit_rate']:.0%}")
+                          f"{stats['cache_hit_rate']:.0%}"
+                          + (f", ${saved:.5f} saved" if saved is not None else "")
+                          + f" ({stats['source']})")
     ok = sum(o.result is not None for o in outcomes)
     console.print(f"Done in {time.monotonic() - started:.1f}s: {ok} of {len(outcomes)} jobs "
                   f"answered; everything the demo started is stopped.")
