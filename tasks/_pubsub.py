@@ -28,6 +28,7 @@ class Channels:
         self._lock = asyncio.Lock()
         self._events: dict[str, set[asyncio.Event]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._watched = asyncio.Event()  # set while anyone watches: the reader sleeps
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -36,6 +37,7 @@ class Channels:
         event = asyncio.Event()
         watchers = self._events.setdefault(channel, set())
         watchers.add(event)
+        self._watched.set()
         try:
             if len(watchers) == 1:
                 with contextlib.suppress(RedisError, OSError):
@@ -56,7 +58,8 @@ class Channels:
     async def _read(self) -> None:
         while True:
             if not self._events:
-                await asyncio.sleep(0.05)
+                self._watched.clear()
+                await self._watched.wait()
                 continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)

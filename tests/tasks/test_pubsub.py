@@ -48,3 +48,25 @@ def test_a_message_wakes_every_watcher_of_its_channel(redis_url: str) -> None:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_watcher_after_an_idle_spell_is_woken_at_once(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.from_url(redis_url)
+        channels = Channels(client)
+        try:
+            for _ in range(5):  # each time nobody watched before
+                channel = f"llmfleet:test:{uuid.uuid4().hex}"
+                async with channels.watch(channel) as event:
+                    await asyncio.sleep(0.01)
+                    sent = asyncio.get_running_loop().time()
+                    await client.publish(channel, "done")
+                    await asyncio.wait_for(event.wait(), 5)
+                    # Then the message arrives in milliseconds, not after a poll
+                    assert asyncio.get_running_loop().time() - sent < 0.03
+                await asyncio.sleep(0.1)
+        finally:
+            await channels.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
