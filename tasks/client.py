@@ -33,6 +33,7 @@ from tasks._cache import CacheShortCircuit
 from tasks._discovery import find_redis_url
 from tasks._results import ResultWaiter
 from tasks.celery_config import celery_settings
+from tasks.experiments import Experiments
 from tasks.names import (
     ADMIN_QUEUE,
     AGENT_STATS,
@@ -40,8 +41,10 @@ from tasks.names import (
     COMPLETE_BATCH,
     EMBED,
     EMBEDDINGS_QUEUE,
+    EXPERIMENTS_FEEDBACK,
     queue_for,
 )
+from tasks.templates import Templates, admin_call
 
 __all__ = ["BatchHandle", "FleetClient", "JobHandle"]
 
@@ -118,12 +121,21 @@ class FleetClient:
         url = redis_url or find_redis_url(settings)
         self._app = Celery("llmfleet-client", set_as_current=False)
         self._app.conf.update(celery_settings(url, url, self.fleet))
+        # Results are read by our own waiter: a backend here would only SUBSCRIBE and
+        # UNSUBSCRIBE on every send for nothing.
+        self._app.conf.result_backend = None
         self._waiter = ResultWaiter(url)
         self._cache = CacheShortCircuit(url, self.fleet, settings)
+        #: Stored prompt templates: put, get, list, render (``tasks.templates``).
+        self.templates = Templates(self._app, self._waiter)
+        #: A/B experiments: create, start, stop, report (``tasks.experiments``).
+        self.experiments = Experiments(self._app, self._waiter)
 
     # -- building jobs -----------------------------------------------------
 
     def _completion(self, messages: Any, options: Mapping[str, Any]) -> CompletionJob:
+        messages, options = self.experiments.expand(messages, options, self.agent)
+        messages, options = self.templates.expand(messages, options)
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
         data["messages"] = messages
         try:
@@ -153,7 +165,10 @@ class FleetClient:
     def submit(self, messages: Sequence[Mapping[str, Any]] | None = None, **options: Any
                ) -> JobHandle:
         """Enqueue one completion job on its tier's queue. Keywords are CompletionJob's
-        fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout..."""
+        fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout...
+        Or ``template=NAME, variables={...}, version=None`` instead of messages (rendered
+        here, so its errors raise at submit), and ``experiment=NAME`` to let the
+        experiment's sticky variant choose the template, version, model or tier."""
         job = self._completion(messages, options)
         assert job.tier is not None
         hit = self._cache.lookup(job)
@@ -227,6 +242,14 @@ class FleetClient:
         if not isinstance(value, dict):
             raise FleetUnavailableError("malformed agent stats")
         return value
+
+    def feedback(self, job_id: str, *, success: bool | None = None,
+                 score: float | None = None, timeout: float = 10) -> dict[str, Any]:
+        """Record the outcome an experiment measures for one of its jobs (an upsert:
+        the last word counts); UnknownJobError for a job outside any experiment."""
+        outcome: dict[str, Any] = admin_call(self._app, self._waiter, EXPERIMENTS_FEEDBACK,
+                                             [job_id, success, score], timeout)
+        return outcome
 
     def close(self) -> None:
         self._cache.close()
