@@ -26,9 +26,15 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
     ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
     ├── WorkerError                    a worker failed in a way none of the above names
-    └── VectorStoreError               the vector store cannot do what was asked
-        ├── VectorDimensionError       a vector's width is not its collection's
-        └── PgvectorMissingError       the database lacks the pgvector extension
+    ├── VectorStoreError               the vector store cannot do what was asked
+    │   ├── VectorDimensionError       a vector's width is not its collection's
+    │   └── PgvectorMissingError       the database lacks the pgvector extension
+    ├── TemplateError                  a prompt template cannot be stored or rendered
+    │   ├── TemplateNotFoundError      no template (or no such version) by that name
+    │   └── TemplateRenderError        syntax error, missing variable or sandbox refusal
+    └── ExperimentError                an experiment is misdefined or cannot do what was asked
+        ├── ExperimentNotFoundError    no experiment by that name
+        └── UnknownJobError            feedback for a job the ledger does not hold
 
 Control flow that is not an error (a job moved to another model, say) does not live here.
 """
@@ -42,6 +48,8 @@ __all__ = [
     "BudgetExceededError",
     "ConfigError",
     "ContextLengthError",
+    "ExperimentError",
+    "ExperimentNotFoundError",
     "FleetError",
     "FleetUnavailableError",
     "JobTimeoutError",
@@ -58,6 +66,10 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "RetryableProviderError",
+    "TemplateError",
+    "TemplateNotFoundError",
+    "TemplateRenderError",
+    "UnknownJobError",
     "UnknownModelError",
     "UnknownTierError",
     "VectorDimensionError",
@@ -259,3 +271,38 @@ class VectorDimensionError(VectorStoreError):
 class PgvectorMissingError(VectorStoreError):
     """The database has no pgvector extension and we may not create it: the fleet runs
     without it, only the vector store refuses."""
+
+
+class TemplateError(FleetError):
+    """A prompt template cannot be stored or rendered; names it, its version and the
+    variable at fault when there is one."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("template", "version", "variable")
+    template: str | None
+    version: int | None
+    variable: str | None
+
+
+class TemplateNotFoundError(TemplateError):
+    """No template by that name, or not at that version."""
+
+
+class TemplateRenderError(TemplateError):
+    """The template does not parse, lacks a variable, or reached for what the sandbox
+    refuses (Python internals, unbounded ranges)."""
+
+
+class ExperimentError(FleetError):
+    """An experiment is misdefined, or not in a state to do what was asked."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("experiment", "job_id")
+    experiment: str | None
+    job_id: str | None
+
+
+class ExperimentNotFoundError(ExperimentError):
+    """No experiment by that name."""
+
+
+class UnknownJobError(ExperimentError):
+    """Feedback names a job the ledger does not hold, or one outside any experiment."""

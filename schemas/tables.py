@@ -20,7 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["budget_alerts", "fleet_keys", "job_ledger", "metadata", "metrics_rollup"]
+__all__ = ["budget_alerts", "experiment_outcomes", "experiments", "fleet_keys", "job_ledger",
+           "metadata", "metrics_rollup", "prompt_templates"]
 
 metadata = MetaData()
 
@@ -113,4 +114,45 @@ fleet_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+#: Prompt templates, one row per version: a version is never rewritten, so a ledger row
+#: that names (template, version) names the exact text that was sent.
+prompt_templates = Table(
+    "prompt_templates", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("category", String(200)),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("name", "version", name="uq_prompt_templates_version"),
+)
+
+#: A/B experiments over templates, models or tiers; ``variants`` is a JSON list of
+#: {name, weight, template?, version?, model?, tier?}.
+experiments = Table(
+    "experiments", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("unit", String(16), nullable=False),  # "user" | "agent" | "job"
+    Column("primary_metric", String(40), nullable=False),  # "success_rate" | "score"
+    Column("variants", JSONB, nullable=False),
+    Column("status", String(16), nullable=False),  # "draft" | "running" | "stopped"
+    Column("winner", String(200)),
+    Column("alpha", Float, nullable=False, default=0.05),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: What an experiment measures: one outcome per job (feedback is an upsert).
+experiment_outcomes = Table(
+    "experiment_outcomes", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False, unique=True),
+    Column("experiment", String(200), nullable=False),
+    Column("variant", String(200), nullable=False),
+    Column("success", Boolean),
+    Column("score", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_experiment_outcomes_experiment", "experiment", "variant"),
 )

@@ -19,9 +19,17 @@ __all__ = [
     "EMBED",
     "EMBEDDINGS_QUEUE",
     "ENFORCE_BUDGETS",
+    "EXPERIMENTS_CREATE",
+    "EXPERIMENTS_FEEDBACK",
+    "EXPERIMENTS_GET",
+    "EXPERIMENTS_REPORT",
+    "EXPERIMENTS_STATUS",
     "PURGE_EXPIRED",
     "ROLLUP_METRICS",
     "TASK_OPTIONS",
+    "TEMPLATES_GET",
+    "TEMPLATES_LIST",
+    "TEMPLATES_PUT",
     "queue_for",
 ]
 
@@ -42,6 +50,16 @@ ROLLUP_METRICS = "llm.rollup_metrics"
 PURGE_EXPIRED = "llm.purge_expired"
 #: An agent's figures from the ledger (for FleetAgent.get_agent_stats).
 AGENT_STATS = "llm.agent_stats"
+#: Prompt templates in Postgres, for ``client.templates`` (agents load no database code).
+TEMPLATES_PUT = "llm.templates_put"
+TEMPLATES_GET = "llm.templates_get"
+TEMPLATES_LIST = "llm.templates_list"
+#: Experiments in Postgres, for ``client.experiments`` and ``client.feedback``.
+EXPERIMENTS_CREATE = "llm.experiments_create"
+EXPERIMENTS_STATUS = "llm.experiments_status"
+EXPERIMENTS_GET = "llm.experiments_get"
+EXPERIMENTS_REPORT = "llm.experiments_report"
+EXPERIMENTS_FEEDBACK = "llm.experiments_feedback"
 
 #: Housekeeping and reports; every worker consumes it, whatever its tiers.
 ADMIN_QUEUE = "llm.admin"
@@ -80,4 +98,14 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     ROLLUP_METRICS: {"acks_late": True, "ignore_result": False},
     PURGE_EXPIRED: {"acks_late": True, "ignore_result": False},
     AGENT_STATS: {"acks_late": False, "ignore_result": False},
+    # A put is idempotent (the same body returns the same version), reads are reads.
+    TEMPLATES_PUT: {"acks_late": False, "ignore_result": False},
+    TEMPLATES_GET: {"acks_late": False, "ignore_result": False},
+    TEMPLATES_LIST: {"acks_late": False, "ignore_result": False},
+    EXPERIMENTS_CREATE: {"acks_late": False, "ignore_result": False},
+    EXPERIMENTS_STATUS: {"acks_late": False, "ignore_result": False},
+    EXPERIMENTS_GET: {"acks_late": False, "ignore_result": False},
+    EXPERIMENTS_REPORT: {"acks_late": False, "ignore_result": False},
+    # Feedback is an upsert on job_id: a redelivery writes the same outcome again.
+    EXPERIMENTS_FEEDBACK: {"acks_late": False, "ignore_result": False},
 }
