@@ -229,11 +229,15 @@ def down() -> None:
 
 
 def _add_commands() -> None:
-    """Commands that live in their own modules: reports, the HTTP API, fleet keys."""
+    """Commands that live in their own modules: reports, the HTTP API, fleet keys,
+    templates and experiments."""
     from workers.api.cli import api_command, keys_group
+    from workers.cli_experiments import experiments_group
     from workers.cli_reports import REPORT_COMMANDS
+    from workers.cli_templates import templates_group
 
-    for command in [*REPORT_COMMANDS, api_command, keys_group]:
+    for command in [*REPORT_COMMANDS, api_command, keys_group, templates_group,
+                    experiments_group]:
         cli.add_command(command)
 
 

@@ -43,10 +43,10 @@ from workers import periodic, reports
 from workers.accounting import rejected_row
 from workers.alerts import Alerter
 from workers.db import sync_engine
+from workers.experiment_tasks import EXPERIMENT_BODIES
 from workers.ledger import spool_row
 from workers.runtime import WorkerRuntime, get_runtime
-from workers.experiment_tasks import EXPERIMENT_BODIES  # TEMPWIRE
-from workers.template_tasks import TEMPLATE_BODIES  # TEMPWIRE
+from workers.template_tasks import TEMPLATE_BODIES
 
 Job = CompletionJob | EmbeddingJob
 
@@ -149,7 +149,7 @@ def bind_tasks(app: Celery) -> None:
         COMPLETE: complete, COMPLETE_BATCH: complete_batch, EMBED: embed,
         BEAT_HEARTBEAT: beat_heartbeat, ENFORCE_BUDGETS: enforce_budgets,
         ROLLUP_METRICS: rollup_metrics, PURGE_EXPIRED: purge_expired, AGENT_STATS: agent_stats,
-        **TEMPLATE_BODIES, **EXPERIMENT_BODIES,  # TEMPWIRE
+        **TEMPLATE_BODIES, **EXPERIMENT_BODIES,
     }
     for name, body in bodies.items():
         app.task(name=name, **TASK_OPTIONS[name])(body)
