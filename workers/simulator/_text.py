@@ -114,14 +114,16 @@ def _decode_prefix(tokens: list[int], limit: int) -> tuple[str, int]:
 def _natural_reply(model: str, words: tuple[str, ...], target: int) -> tuple[str, int]:
     """About `target` tokens of "WORDS (simulated by MODEL) WORDS WORDS ...".
 
-    The prompt's words come first so that even a short reply shows which
-    request it answers (tests and the demo rely on that).
+    The prompt's words come first, whole, so that even a short reply shows which
+    request it answers (tests and the demo rely on that): the target grows to cover
+    them (only ``max_tokens`` cuts them).
 
     Every word is at least one token, so repeating the words target/len + 1
     times always reaches the target: one encode, then the cut.
     """
-    repeats = target // len(words) + 1
     echo = " ".join(words)
+    target = max(target, len(encoder().encode_ordinary(echo)))
+    repeats = target // len(words) + 1
     text = f"{echo} (simulated by {model})" + (" " + echo) * repeats
     return _decode_prefix(encoder().encode_ordinary(text), target)
 
