@@ -21,7 +21,7 @@ from sqlalchemy import text
 from schemas import ExperimentError, FleetConfig, UnknownJobError
 from tasks import FleetClient
 from tasks.experiments import assign
-from tests.conftest import start_worker, stop_process
+from tests.conftest import start_worker, stop_process, wait_until
 from workers.cli_experiments import experiments_group
 from workers.db import sync_engine
 from workers.experiment_stats import Arm, decide, wilson_interval
@@ -151,6 +151,10 @@ def test_an_experiment_runs_from_submit_to_report(
     again = client.submit(experiment=name, variables={"thing": "a parser"}, user="u3",
                           tier="simple", max_tokens=16)
     results = [h.get(timeout=30) for h in [*handles, again]]
+    # (rows reach Postgres through the spool; a worker killed by an earlier test may
+    # hold the flush lock for its 30 s lease)
+    wait_until(lambda: all(ledger_metadata(database_url, r.job_id) for r in results),
+               timeout=60)
     for index, result in enumerate(results[:20]):
         client.feedback(result.job_id, success=index % 2 == 0)
     client.feedback(results[0].job_id, success=False)  # the last word counts
