@@ -67,6 +67,13 @@ def get(engine: Engine, name: str) -> dict[str, Any]:
     return _definition(row)
 
 
+def names(engine: Engine, limit: int = 50) -> list[str]:
+    """The newest experiments' names, newest first."""
+    query = select(experiments.c.name).order_by(experiments.c.created_at.desc()).limit(limit)
+    with engine.connect() as connection:
+        return [str(n) for n in connection.execute(query).scalars()]
+
+
 def set_status(engine: Engine, name: str, status: str) -> dict[str, Any]:
     """Start (from draft or stopped) or stop (from running); stopping records the
     report's winner, which stopped experiments then serve to every unit."""

@@ -116,3 +116,20 @@ def test_with_no_admin_key_the_admin_api_is_off(api_env: dict[str, str],
         assert response.status_code == 503
         assert "LLMFLEET_ADMIN_KEY" in response.json()["error"]["message"]
         assert client.get("/openapi.json").json()["paths"]["/v1/chat/completions"]
+
+
+def test_experiments_page_reports_the_fleets_experiments(http: httpx.Client,
+                                                         engine: Any) -> None:
+    from workers import experiments_store
+
+    # Given an experiment over two models
+    name = f"api-exp-{uuid.uuid4().hex[:6]}"
+    experiments_store.create(engine, name, "user", "success_rate", [
+        {"name": "a", "model": "openai/gpt-4o-mini", "weight": 1},
+        {"name": "b", "model": "anthropic/claude-3-haiku", "weight": 1}])
+    # When the admin page is read
+    page = http.get("/api/admin/ml-ops/experiments", headers=ADMIN).json()
+    # Then it carries the same report as the CLI's
+    found = [e for e in page["experiments"] if e["experiment"] == name]
+    assert found == [experiments_store.report(engine, name)]
+    assert [v["name"] for v in found[0]["variants"]] == ["a", "b"]

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN
-from workers import reports
+from workers import experiments_store, reports
 from workers.api import queries
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.state import ApiState, state_of
@@ -104,10 +104,17 @@ async def stats(request: Request, since: str = "24h") -> dict[str, Any]:
     return await asyncio.to_thread(reports.stats, state_of(request).engine, _since(since))
 
 
+def _experiments(state: ApiState) -> dict[str, Any]:
+    return {"experiments": [experiments_store.report(state.engine, name)
+                            for name in experiments_store.names(state.engine)]}
+
+
 @router.get("/experiments")
-async def experiments() -> dict[str, Any]:
-    """Prompt experiments: none are served yet."""
-    return {"experiments": [], "note": "experiments are not available in this fleet yet"}
+async def experiments(request: Request) -> dict[str, Any]:
+    """The newest experiments, each with ``llmfleet experiments report``'s figures:
+    per variant jobs, outcomes, success rate and interval, latency, cost; p-value and
+    winner."""
+    return await asyncio.to_thread(_experiments, state_of(request))
 
 
 def _breakers(state: ApiState) -> list[dict[str, Any]]:
