@@ -1,4 +1,5 @@
-"""The fleet file: providers, models with prices, tiers with model chains, budgets.
+"""The fleet file: providers, models with prices, tiers with model chains, budgets,
+experiments.
 
 Checked when loaded, as dramatiq checks actor options at declaration: an unknown key,
 a model without prices, a tier with no models or a reference to nothing stops start-up
@@ -16,7 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.errors import ConfigError, UnknownModelError, UnknownTierError
+from schemas.errors import ConfigError, ExperimentError, UnknownModelError, UnknownTierError
+from schemas.experiments import check_definition
 
 __all__ = [
     "EMBEDDINGS_TIER",
@@ -25,6 +27,7 @@ __all__ = [
     "BreakerConfig",
     "BudgetConfig",
     "CacheConfig",
+    "ExperimentConfig",
     "FleetConfig",
     "ModelConfig",
     "ProviderConfig",
@@ -140,6 +143,35 @@ class CacheConfig(_Section):
     semantic_model: str | None = None
 
 
+class ExperimentConfig(_Section):
+    """An A/B experiment declared in the fleet file (``[[experiments]]``); the fleet
+    writes it to Postgres the first time it is used, with ``status``. A definition never
+    changes there afterwards (its outcomes were measured against it): to change one,
+    declare a new experiment."""
+
+    name: str = Field(min_length=1, max_length=200)
+    unit: str = "user"
+    primary_metric: str = "success_rate"
+    variants: list[dict[str, Any]]
+    alpha: float = 0.05
+    evaluator: dict[str, Any] | None = None
+    status: Literal["draft", "running"] = "running"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+            return data  # pydantic names what is missing or of the wrong type
+        try:
+            variants, evaluator = check_definition(
+                str(data.get("name", "")), data.get("unit", "user"),
+                data.get("primary_metric", "success_rate"), data["variants"],
+                data.get("alpha", 0.05), data.get("evaluator"))
+        except ExperimentError as exc:
+            raise ValueError(exc.message) from None
+        return {**data, "variants": variants, "evaluator": evaluator}
+
+
 _NO_TIER = TierConfig.model_construct(models=[])
 
 
@@ -150,6 +182,7 @@ class FleetConfig(_Section):
     models: dict[str, ModelConfig]
     tiers: dict[str, TierConfig]
     budgets: list[BudgetConfig] = Field(default_factory=list)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     beat: BeatConfig = BeatConfig()
@@ -192,6 +225,16 @@ class FleetConfig(_Section):
         for i, budget in enumerate(self.budgets):
             if budget.action == "downgrade" and budget.downgrade_to not in self.tiers:
                 raise ValueError(f"budgets[{i}].downgrade_to: a downgrade needs a known tier")
+        if len({e.name for e in self.experiments}) != len(self.experiments):
+            raise ValueError("experiments: two experiments share a name")
+        for i, experiment in enumerate(self.experiments):
+            for j, variant in enumerate(experiment.variants):
+                if variant.get("model") is not None and variant["model"] not in self.models:
+                    raise ValueError(f"experiments[{i}].variants[{j}].model: unknown model "
+                                     f"{variant['model']!r}")
+                if variant.get("tier") is not None and variant["tier"] not in self.tiers:
+                    raise ValueError(f"experiments[{i}].variants[{j}].tier: unknown tier "
+                                     f"{variant['tier']!r}")
         return self
 
     # -- routing -----------------------------------------------------------
@@ -240,7 +283,8 @@ class FleetConfig(_Section):
 
 def _error_key(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "fleet"
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                  for p in first["loc"]).lstrip(".") or "fleet"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -179,6 +180,10 @@ class Attempt(_Strict):
     error: str | None = None
 
 
+#: Job metadata keys a result carries as its own fields.
+_LABELS = ("experiment", "variant", "template", "template_version")
+
+
 class _ResultBase(_Strict):
     job_id: str
     model: str
@@ -193,11 +198,23 @@ class _ResultBase(_Strict):
     cache_hit: bool = False
     fallback_used: bool = False
     attempt_log: list[Attempt] = Field(default_factory=list)
+    #: The experiment and variant that chose this job's prompt, model or tier.
+    experiment: str | None = None
+    variant: str | None = None
+    #: The stored template the prompt was rendered from, and its version.
+    template: str | None = None
+    template_version: int | None = None
 
     @property
     def attempts(self) -> int:
         """How many provider calls the job took (0 for a cache hit)."""
         return len(self.attempt_log)
+
+    def labelled(self, metadata: Mapping[str, Any]) -> Self:
+        """This result with the experiment and template labels the client put in its
+        job's metadata (whoever built the result, pipeline or cache)."""
+        labels = {key: metadata[key] for key in _LABELS if metadata.get(key) is not None}
+        return self.model_copy(update=labels) if labels else self
 
 
 class CompletionResult(_ResultBase):

@@ -46,6 +46,9 @@ class LedgerRow(BaseModel):
     error: str | None = None
     error_message: str | None = Field(default=None, max_length=500)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: An automatic evaluator's outcome for an experiment job (``schemas.evaluators``),
+    #: written to ``experiment_outcomes`` with the row; not a ``job_ledger`` column.
+    outcome: dict[str, Any] | None = None
     created_at: dt.datetime
     finished_at: dt.datetime
 

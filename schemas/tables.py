@@ -142,6 +142,8 @@ experiments = Table(
     Column("winner", String(200)),
     Column("alpha", Float, nullable=False, default=0.05),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: An automatic evaluator's spec ({"kind": ..., params}), or NULL for agent feedback.
+    Column("evaluator", JSONB),
 )
 
 #: What an experiment measures: one outcome per job (feedback is an upsert).

@@ -24,6 +24,7 @@ from schemas.cache_key import (
     cache_mode,
     effective_max_tokens,
 )
+from schemas.evaluators import auto_outcome
 from schemas.keys import CACHE_ENTRY, CACHE_LRU, LEDGER_SPOOL
 
 __all__ = ["CacheShortCircuit"]
@@ -59,7 +60,7 @@ class CacheShortCircuit:
             answer = CachedAnswer.model_validate_json(raw)
         except ValueError:
             return None
-        result = answer.result_for(job, job.tier)
+        result = answer.result_for(job, job.tier).labelled(job.metadata)
         self._spool(job, result, answer.cost_usd)
         return result
 
@@ -71,7 +72,7 @@ class CacheShortCircuit:
             status=JobStatus.SUCCEEDED, cache_hit=True, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
             usage_estimated=usage.estimated, cost_usd=0.0, cost_saved_usd=saved,
-            latency_ms=result.latency_ms)
+            latency_ms=result.latency_ms, outcome=auto_outcome(job.metadata, result.content))
         try:
             self._redis.rpush(LEDGER_SPOOL, row.model_dump_json())
         except RedisError:

@@ -66,8 +66,10 @@ class FleetAgent:
                     collection, client=self.client, **options)
             return self._retrievers[collection]
 
-    def _messages(self, prompt: str | Sequence[Mapping[str, Any]],
-                  system: str | None) -> list[Mapping[str, Any]]:
+    def _messages(self, prompt: str | Sequence[Mapping[str, Any]] | None,
+                  system: str | None) -> list[Mapping[str, Any]] | None:
+        if prompt is None:  # a template (or an experiment's) renders the messages
+            return None
         if not isinstance(prompt, str):
             return list(prompt)
         messages: list[Mapping[str, Any]] = []
@@ -84,16 +86,19 @@ class FleetAgent:
             options.setdefault("tier", self.tier)
         return options
 
-    def call_llm(self, prompt: str | Sequence[Mapping[str, Any]], *, system: str | None = None,
-                 timeout: float = 60, **options: Any) -> CompletionResult:
+    def call_llm(self, prompt: str | Sequence[Mapping[str, Any]] | None = None, *,
+                 system: str | None = None, timeout: float = 60,
+                 **options: Any) -> CompletionResult:
         """One completion through the fleet: a prompt string (with the agent's system
-        prompt) or a message list. Raises the fleet's typed errors."""
+        prompt), a message list, or none with ``template=``/``variables=`` or
+        ``experiment=`` (the stored template's text is the whole prompt). Raises the
+        fleet's typed errors."""
         result = self.client.complete(self._messages(prompt, system), timeout=timeout,
                                       **self._options(options))
         self._tally(result)
         return result
 
-    async def acall_llm(self, prompt: str | Sequence[Mapping[str, Any]], *,
+    async def acall_llm(self, prompt: str | Sequence[Mapping[str, Any]] | None = None, *,
                         system: str | None = None, timeout: float = 60,
                         **options: Any) -> CompletionResult:
         result = await self.client.acomplete(self._messages(prompt, system), timeout=timeout,

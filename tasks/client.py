@@ -202,13 +202,13 @@ class FleetClient:
                 parts.append((message_id, chunk))
         return BatchHandle(self, parts, len(built))
 
-    def complete(self, messages: Sequence[Mapping[str, Any]], *, timeout: float = 60,
-                 **options: Any) -> CompletionResult:
-        """Submit and wait: the result of one completion job."""
+    def complete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
+                 timeout: float = 60, **options: Any) -> CompletionResult:
+        """Submit and wait: the result of one completion job (``submit``'s arguments)."""
         result: CompletionResult = self.submit(messages, timeout=timeout, **options).get(timeout)
         return result
 
-    async def acomplete(self, messages: Sequence[Mapping[str, Any]], *,
+    async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:
         """``complete`` for asyncio: the wait holds no thread."""
         job = self._completion(messages, {**options, "timeout": timeout})

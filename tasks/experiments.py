@@ -10,6 +10,7 @@ reached through tasks on the admin queue, like templates.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,17 +18,13 @@ from typing import Any
 from celery import Celery
 
 from schemas import ExperimentError, JobValidationError, new_job_id
+from schemas.experiments import METRICS, UNITS, check_definition
 from tasks._results import ResultWaiter
 from tasks.names import EXPERIMENTS_CREATE, EXPERIMENTS_GET, EXPERIMENTS_REPORT, EXPERIMENTS_STATUS
 from tasks.templates import admin_call
 
 __all__ = ["METRICS", "UNITS", "Experiments", "assign", "check_definition"]
 
-#: What an experiment may randomise on.
-UNITS = ("user", "agent", "job")
-#: What it may measure: the rate of successful outcomes, or their mean score.
-METRICS = ("success_rate", "score")
-_VARIANT_KEYS = {"name", "weight", "template", "version", "model", "tier"}
 #: Seconds a client trusts a fetched definition (its own start/stop clear it at once).
 DEFINITION_TTL_S = 5.0
 
@@ -46,34 +43,6 @@ def assign(experiment: str, unit_value: str, variants: Sequence[Mapping[str, Any
     return str(variants[-1]["name"])  # float rounding at the top edge
 
 
-def check_definition(name: str, unit: str, primary_metric: str,
-                     variants: Sequence[Mapping[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    """The variants, normalised; ExperimentError naming what is wrong otherwise."""
-    def fail(why: str) -> ExperimentError:
-        return ExperimentError(f"experiment {name!r}: {why}", experiment=name)
-
-    if unit not in UNITS:
-        raise fail(f"unit must be one of {UNITS}, not {unit!r}")
-    if primary_metric not in METRICS:
-        raise fail(f"primary_metric must be one of {METRICS}, not {primary_metric!r}")
-    if not 0 < alpha < 0.5:
-        raise fail(f"alpha must be in (0, 0.5), not {alpha}")
-    if len(variants) < 2:
-        raise fail("at least two variants are needed")
-    clean: list[dict[str, Any]] = []
-    for variant in variants:
-        unknown = set(variant) - _VARIANT_KEYS
-        if unknown or not variant.get("name"):
-            raise fail(f"a variant needs a name and takes only {sorted(_VARIANT_KEYS)}")
-        weight = variant.get("weight", 1)
-        if not isinstance(weight, int | float) or weight <= 0:
-            raise fail(f"variant {variant['name']!r}: weight must be a positive number")
-        clean.append({**variant, "name": str(variant["name"]), "weight": weight})
-    if len({v["name"] for v in clean}) != len(clean):
-        raise fail("variant names must be unique")
-    return clean
-
-
 class Experiments:
     """``client.experiments``: create, start, stop, get and report experiments."""
 
@@ -87,11 +56,15 @@ class Experiments:
         return admin_call(self._app, self._waiter, task, args, self._timeout)
 
     def create(self, name: str, *, unit: str, primary_metric: str,
-               variants: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> dict[str, Any]:
-        """Define an experiment (status "draft"); ``start`` puts it to work."""
-        clean = check_definition(name, unit, primary_metric, variants, alpha)
+               variants: Sequence[Mapping[str, Any]], alpha: float = 0.05,
+               evaluator: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Define an experiment (status "draft"); ``start`` puts it to work.
+        ``evaluator`` (``{"kind": "min_length", "chars": 200}``, ``regex`` with
+        ``pattern``, ``json``, or a plugin's kind) judges each answer, so outcomes need
+        no agent feedback (``schemas.evaluators``)."""
+        clean, spec = check_definition(name, unit, primary_metric, variants, alpha, evaluator)
         result: dict[str, Any] = self._call(EXPERIMENTS_CREATE,
-                                            [name, unit, primary_metric, clean, alpha])
+                                            [name, unit, primary_metric, clean, alpha, spec])
         return result
 
     def start(self, name: str) -> dict[str, Any]:
@@ -146,6 +119,8 @@ class Experiments:
                             variants)
             metadata = {**(rest.get("metadata") or {}), "experiment": definition["name"],
                         "variant": chosen}
+            if definition.get("evaluator"):  # metadata holds scalars: the spec as JSON
+                metadata["evaluator"] = json.dumps(definition["evaluator"], sort_keys=True)
             rest["metadata"] = metadata
         elif definition["status"] == "stopped":
             chosen = definition.get("winner") or variants[0]["name"]

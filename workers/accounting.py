@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from schemas import (
     BudgetConfig,
     BudgetExceededError,
+    CompletionResult,
     FleetError,
     JobStatus,
     LedgerRow,
@@ -26,6 +27,7 @@ from schemas import (
     encode_result,
     status_for_error,
 )
+from schemas.evaluators import auto_outcome
 from schemas.keys import JOB_DONE
 from workers.budgets import BudgetLedger, Period, Refusal
 from workers.ledger import spool_row
@@ -101,7 +103,9 @@ def _result_row(ctx: JobContext, result: Result) -> LedgerRow:
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
         usage_estimated=usage.estimated, cost_usd=result.cost_usd,
         cost_saved_usd=float(ctx.state.get("cost_saved_usd", 0.0)),
-        latency_ms=result.latency_ms)
+        latency_ms=result.latency_ms,
+        outcome=(auto_outcome(ctx.job.metadata, result.content)
+                 if isinstance(result, CompletionResult) else None))
 
 
 def _error_row(ctx: JobContext, error: FleetError) -> LedgerRow:

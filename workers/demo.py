@@ -2,7 +2,8 @@
 
 Embedded Redis and Postgres (unless the environment names servers), the provider
 simulator (unless a provider key is set) with injected failures, a worker per tier,
-beat, and three sample agents submitting jobs across the tiers with some repeats.
+beat, and three sample agents submitting jobs across the tiers with some repeats; the
+coder's prompt comes from a stored template, two versions of it in an A/B experiment.
 Prints a summary and stops everything it started.
 """
 
@@ -28,6 +29,7 @@ from rich.table import Table
 from schemas import CompletionResult, FleetConfig, FleetError, load_config
 from tasks import FleetAgent, FleetClient
 from workers.db import migrate
+from workers.demo_experiment import prepare_coder_experiment, show_experiment
 from workers.demo_rag import run_rag_demo
 from workers.demo_report import show_accounting, write_demo_fleet_file
 from workers.services import export_service_env, resolve_services
@@ -86,7 +88,7 @@ def _start_simulator(fleet: FleetConfig, latency_ms: float, stack: ExitStack,
     return simulator
 
 
-def _run_agents(client: FleetClient, jobs: int, run_id: str,
+def _run_agents(client: FleetClient, jobs: int, run_id: str, experiment: str,
                 console: Console) -> tuple[list[Outcome], list[FleetAgent]]:
     agents: dict[type[FleetAgent], FleetAgent] = {
         cls: cls(client) for cls in (Coder, Planner, Reviewer)}
@@ -96,9 +98,15 @@ def _run_agents(client: FleetClient, jobs: int, run_id: str,
     def one(cls: type[FleetAgent], prompt: str) -> Outcome:
         agent = agents[cls]
         try:
-            # The coder's jobs carry the run's id as their user: the demo budget's scope.
-            user = run_id if cls is Coder else f"user-{zlib.crc32(prompt.encode()) % 5}"
-            result = agent.call_llm(prompt, max_tokens=48, user=user, timeout=90)
+            if cls is Coder:
+                # The coder's prompt is the experiment's template version; its jobs carry
+                # the run's id as their user: the demo budget's scope.
+                result = agent.call_llm(experiment=experiment, user=run_id, max_tokens=64,
+                                        variables={"topic": prompt.removeprefix("Write ")
+                                                   .rstrip(".")}, timeout=90)
+            else:
+                user = f"user-{zlib.crc32(prompt.encode()) % 5}"
+                result = agent.call_llm(prompt, max_tokens=48, user=user, timeout=90)
             return Outcome(agent.name, cls.tier, result, None)
         except FleetError as exc:
             return Outcome(agent.name, cls.tier, None, type(exc).__name__)
@@ -189,13 +197,15 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
         vectors = client.embed([f"Notes on {t}" for t in TOPICS], agent="planner").get(60)
         console.print(f"Embedded {len(vectors.vectors)} notes on llm.embeddings "
                       f"({vectors.dimensions} dimensions, ${vectors.cost_usd:.6f})")
-        outcomes, agents = _run_agents(client, jobs, run_id, console)
+        experiment = prepare_coder_experiment(client, run_id, console)
+        outcomes, agents = _run_agents(client, jobs, run_id, experiment, console)
         _summary(outcomes, console)
         if simulator is not None:
             counts = simulator.stats()
             by_status = ", ".join(f"{n} x {s}" for s, n in sorted(counts["by_status"].items()))
             console.print(f"Provider calls seen by the simulator: {counts['requests']} "
                           f"({by_status})")
+        show_experiment(client, experiment, console)
         run_rag_demo(client, services.database_url, console)
         if services.database_url and settings.enable_cost_tracking:
             show_accounting(client, services.redis_url, services.database_url, fleet,

@@ -16,13 +16,13 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from schemas import ExperimentError, ExperimentNotFoundError, UnknownJobError
+from schemas import ExperimentConfig, ExperimentError, ExperimentNotFoundError, UnknownJobError
+from schemas.experiments import check_definition
 from schemas.tables import experiment_outcomes, experiments, job_ledger
-from tasks.experiments import check_definition
 from workers import templates_store
 from workers.experiment_stats import Arm, decide, wilson_interval
 
-__all__ = ["create", "feedback", "get", "report", "set_status"]
+__all__ = ["create", "declare", "feedback", "get", "names", "report", "set_status"]
 
 _E, _O, _L = experiments.c, experiment_outcomes.c, job_ledger.c
 #: Allowed moves of an experiment's status.
@@ -39,24 +39,50 @@ def _plain(value: Any) -> Any:
 def _definition(row: Any) -> dict[str, Any]:
     return {"name": row.name, "unit": row.unit, "primary_metric": row.primary_metric,
             "variants": row.variants, "status": row.status, "winner": row.winner,
-            "alpha": row.alpha, "created_at": row.created_at.isoformat()}
+            "alpha": row.alpha, "evaluator": row.evaluator,
+            "created_at": row.created_at.isoformat()}
 
 
-def create(engine: Engine, name: str, unit: str, primary_metric: str,
-           variants: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any]:
-    """A new experiment, as a draft; its variants' templates must exist."""
-    clean = check_definition(name, unit, primary_metric, variants, alpha)
+def _values(name: str, unit: str, primary_metric: str, variants: list[dict[str, Any]],
+            alpha: float, evaluator: dict[str, Any] | None, status: str,
+            engine: Engine) -> dict[str, Any]:
+    clean, spec = check_definition(name, unit, primary_metric, variants, alpha, evaluator)
     for variant in clean:
         if variant.get("template"):
             templates_store.get(engine, variant["template"], variant.get("version"))
+    return {"name": name, "unit": unit, "primary_metric": primary_metric, "variants": clean,
+            "status": status, "alpha": alpha, "evaluator": spec,
+            "created_at": dt.datetime.now(dt.UTC)}
+
+
+def create(engine: Engine, name: str, unit: str, primary_metric: str,
+           variants: list[dict[str, Any]], alpha: float = 0.05,
+           evaluator: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new experiment, as a draft; its variants' templates must exist."""
+    values = _values(name, unit, primary_metric, variants, alpha, evaluator, "draft", engine)
     try:
         with engine.begin() as conn:
-            conn.execute(insert(experiments).values(
-                name=name, unit=unit, primary_metric=primary_metric, variants=clean,
-                status="draft", alpha=alpha, created_at=dt.datetime.now(dt.UTC)))
+            conn.execute(insert(experiments).values(**values))
     except IntegrityError:
         raise ExperimentError(f"experiment {name!r} exists already", experiment=name) from None
     return get(engine, name)
+
+
+def declare(engine: Engine, declared: list[ExperimentConfig]) -> list[str]:
+    """Write the fleet file's experiments that Postgres does not hold yet (with their
+    declared status); the names written. One already there is left as it is: its
+    outcomes were measured against its stored definition."""
+    written: list[str] = []
+    for experiment in declared:
+        values = _values(experiment.name, experiment.unit, experiment.primary_metric,
+                         experiment.variants, experiment.alpha, experiment.evaluator,
+                         experiment.status, engine)
+        statement = (pg_insert(experiments).values(**values)
+                     .on_conflict_do_nothing(index_elements=["name"]))
+        with engine.begin() as conn:
+            if conn.execute(statement).rowcount:
+                written.append(experiment.name)
+    return written
 
 
 def get(engine: Engine, name: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas import LedgerRow
 from schemas.keys import LEDGER_FLUSH_LOCK, LEDGER_SPOOL
-from schemas.tables import job_ledger
+from schemas.tables import experiment_outcomes, job_ledger
 
 __all__ = ["LedgerFlusher", "spool_row"]
 
@@ -106,10 +106,18 @@ class LedgerFlusher:
             await self._release(keys=[LEDGER_FLUSH_LOCK], args=[self._token])
 
     async def _insert(self, rows: list[dict[str, Any]]) -> bool:
+        """The rows and their automatic experiment outcomes, in one transaction. Both
+        skip what is there already: a batch inserted twice changes nothing, and an
+        agent's later feedback (an upsert) stays the outcome."""
+        outcomes = [{"job_id": row["job_id"], "created_at": row["finished_at"], **outcome}
+                    for row in rows if (outcome := row.pop("outcome", None))]
         statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"])
         try:
             async with self._engine.begin() as connection:
                 await connection.execute(statement, rows)
+                if outcomes:
+                    await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
+                        index_elements=["job_id"]), outcomes)
         except (SQLAlchemyError, OSError) as exc:
             if self._down_since is None:
                 self._down_since = asyncio.get_running_loop().time()

@@ -74,7 +74,7 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> di
     except Exception as exc:  # a bug of ours must not take the worker or the batch down
         log.exception("job %s failed unexpectedly", job.job_id)
         return encode_error(WorkerError(f"unexpected {type(exc).__name__} in the worker"))
-    return encode_result(result)
+    return encode_result(result.labelled(job.metadata))
 
 
 def complete(payload: Any) -> dict[str, Any]:

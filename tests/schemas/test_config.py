@@ -27,6 +27,21 @@ def _minimal() -> dict[str, Any]:
     }
 
 
+_VARIANTS = [{"name": "a", "tier": "simple"}, {"name": "b", "model": "m", "weight": 3}]
+
+
+def test_an_experiment_declared_in_the_file_is_checked_and_normalised() -> None:
+    data = _minimal()
+    data["experiments"] = [{"name": "short_answers", "variants": _VARIANTS, "unit": "agent",
+                            "evaluator": {"kind": "min_length", "chars": 40}}]
+    declared = parse_fleet_config(data).experiments[0]
+    assert declared.variants == [{"name": "a", "tier": "simple", "weight": 1},
+                                 {"name": "b", "model": "m", "weight": 3}]
+    assert declared.evaluator == {"kind": "min_length", "chars": 40}
+    assert (declared.unit, declared.primary_metric, declared.status) == (
+        "agent", "success_rate", "running")
+
+
 def test_the_built_in_file_has_the_product_tiers() -> None:
     fleet = load_fleet_config()
     assert fleet.tiers["simple"].models[0] == "openai/gpt-4o-mini"
@@ -45,6 +60,13 @@ def test_the_built_in_file_has_the_product_tiers() -> None:
     (lambda d: d["tiers"]["simple"].update(models=[]), "tiers.simple.models"),
     (lambda d: d["tiers"]["simple"].update(models=["zz"]), "tiers.simple.models[0]"),
     (lambda d: d["providers"]["p"].update(kind="grpc"), "providers.p.kind"),
+    (lambda d: d.update(experiments=[{"name": "x", "variants": [{"name": "a"}]}]),
+     "experiments[0]"),
+    (lambda d: d.update(experiments=[{"name": "x", "variants": _VARIANTS,
+                                      "evaluator": {"kind": "vibes"}}]), "experiments[0]"),
+    (lambda d: d.update(experiments=[{"name": "x", "variants": [
+        {"name": "a"}, {"name": "b", "model": "zz"}]}]), "experiments[0].variants[1].model"),
+    (lambda d: d.update(experiments=[{"name": "x"}]), "experiments[0].variants"),
 ])
 def test_a_broken_file_names_the_key(mutate: Any, key: str) -> None:
     data = _minimal()

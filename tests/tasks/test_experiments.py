@@ -188,3 +188,116 @@ def test_feedback_for_an_unknown_job_is_a_typed_error(client: FleetClient, sim: 
     with pytest.raises(UnknownJobError) as info:
         client.feedback("f" * 32, success=True)
     assert info.value.job_id == "f" * 32
+
+
+def ledger_by_variant(database_url: str, name: str) -> dict[str, tuple[int, float, float]]:
+    """Per variant, straight from SQL: jobs, mean cost, p50 latency."""
+    query = text("""
+        SELECT metadata->>'variant', count(*), avg(cost_usd),
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)
+        FROM job_ledger WHERE metadata->>'experiment' = :e GROUP BY 1""")
+    with sync_engine(database_url).connect() as conn:
+        return {v: (n, float(cost), float(p50))
+                for v, n, cost, p50 in conn.execute(query, {"e": name})}
+
+
+def outcomes_of(database_url: str, name: str) -> dict[str, tuple[bool | None, float | None]]:
+    query = text("SELECT job_id, success, score FROM experiment_outcomes WHERE experiment = :e")
+    with sync_engine(database_url).connect() as conn:
+        return {j: (s, sc) for j, s, sc in conn.execute(query, {"e": name})}
+
+
+def test_an_evaluator_records_outcomes_without_feedback(
+        client: FleetClient, database_url: str, sim: Any) -> None:
+    # Given two template versions, one asking for far more (the simulator's answers
+    # echo the prompt, then run to a length drawn from its hash), and an experiment
+    # whose evaluator calls an answer a success when it is longer than 150 characters
+    template, name = f"eval_t_{uuid.uuid4().hex[:6]}", f"eval_{uuid.uuid4().hex[:6]}"
+    client.templates.put(template, "Name {{ thing }}")
+    client.templates.put(template, "Describe {{ thing }} in detail: its inputs and outputs, "
+                                   "its errors and their messages, the edge cases of each "
+                                   "input, and the tests that show it works, step by step, "
+                                   "with an example of each")
+    client.experiments.create(
+        name, unit="job", primary_metric="success_rate",
+        evaluator={"kind": "min_length", "chars": 150},
+        variants=[{"name": "terse", "template": template, "version": 1},
+                  {"name": "wordy", "template": template, "version": 2}])
+    client.experiments.start(name)
+    # When 80 jobs run, and the same request is made again (a cache hit at submit)
+    handles = [client.submit(experiment=name, variables={"thing": f"parser {i}"},
+                             tier="simple", max_tokens=64) for i in range(80)]
+    results = [h.get(timeout=30) for h in handles]
+    for _ in range(20):  # until the job draws the variant that answered it before
+        again = client.submit(experiment=name, variables={"thing": "parser 0"},
+                              tier="simple", max_tokens=64).get(timeout=30)
+        results.append(again)
+        if again.cache_hit:
+            break
+    assert results[-1].cache_hit
+    # Then each result names its experiment, variant, template and version
+    for result in results:
+        assert result.experiment == name and result.variant in ("terse", "wordy")
+        assert result.template == template
+        assert result.template_version == {"terse": 1, "wordy": 2}[result.variant]
+    # And every job got an outcome from the evaluator, judged on its own answer
+    wait_until(lambda: len(outcomes_of(database_url, name)) == len(results), timeout=60)
+    outcomes = outcomes_of(database_url, name)
+    for result in results:
+        success, score = outcomes[result.job_id]
+        assert score == len(result.content.strip())
+        assert success is (len(result.content.strip()) > 150)
+    # And an agent's feedback replaces an automatic outcome, never adds one
+    client.feedback(results[0].job_id, success=not outcomes[results[0].job_id][0])
+    report = client.experiments.report(name)
+    assert sum(v["outcomes"] for v in report["variants"]) == len(results)
+    # And the report's figures equal the same computed by SQL over the ledger
+    by_sql = ledger_by_variant(database_url, name)
+    for variant in report["variants"]:
+        jobs, mean_cost, p50 = by_sql[variant["name"]]
+        assert variant["jobs"] == jobs
+        assert variant["mean_cost_usd"] == pytest.approx(mean_cost)
+        assert variant["latency_p50_ms"] == pytest.approx(p50)
+    # And the longer prompt's longer answers win
+    assert report["winner"] == "wordy", report
+
+
+def test_the_cli_creates_lists_and_declares_from_the_fleet_file(
+        database_url: str, redis_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import resources
+
+    declared = f"file_{uuid.uuid4().hex[:6]}"
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text(resources.files("schemas").joinpath("default_fleet.toml").read_text()
+                          + f"""
+[[experiments]]
+name = "{declared}"
+unit = "agent"
+evaluator = {{ kind = "json" }}
+variants = [{{ name = "mini", tier = "simple" }}, {{ name = "big", tier = "medium" }}]
+""")
+    for key, value in {"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                       "LLMFLEET_CONFIG": str(fleet_file)}.items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    made = f"cli_{uuid.uuid4().hex[:6]}"
+    # When one is created on the command line, and another's evaluator is wrong
+    out = runner.invoke(experiments_group, [
+        "create", made, "--variant", "name=a,tier=simple", "--variant",
+        "name=b,tier=medium,weight=2", "--evaluator", "kind=regex,pattern=^OK", "--start"])
+    assert out.exit_code == 0, out.output
+    bad = runner.invoke(experiments_group, [
+        "create", f"bad_{made}", "--variant", "name=a", "--variant", "name=b",
+        "--evaluator", "kind=min_length"])
+    assert bad.exit_code != 0 and "chars" in bad.output
+    # Then the list holds both it and the fleet file's experiment, as declared
+    listed = runner.invoke(experiments_group, ["list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    by_name = {e["name"]: e for e in json.loads(listed.output)}
+    assert by_name[made]["status"] == "running"
+    assert by_name[made]["variants"][1] == {"name": "b", "tier": "medium", "weight": 2}
+    assert by_name[made]["evaluator"] == {"kind": "regex", "pattern": "^OK"}
+    assert by_name[declared]["status"] == "running" and by_name[declared]["unit"] == "agent"
+    assert by_name[declared]["evaluator"] == {"kind": "json"}
+    assert f"bad_{made}" not in by_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,4 +67,8 @@ def test_the_demo_runs_the_whole_fleet_and_stops_it(tmp_path: Path) -> None:
     assert "simulator stands in" in out
     assert "Jobs per tier" in out and "60 of 60 jobs answered" in out
     assert "Provider calls seen by the simulator" in out
+    # And the coder's prompt came from its template, in an experiment with a report
+    assert "template 'coder_task'" in out and "Experiment coder_prompt_demo-" in out
+    assert re.search(r"terse\W+\d+\W+\d+", out) and re.search(r"detailed\W+\d+\W+\d+", out)
+    assert re.search(r"p = [\d.e-]+, (winner: \w+|no winner yet)", out), out[-3000:]
     assert not (tmp_path / "stack.json").exists()
