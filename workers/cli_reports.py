@@ -12,10 +12,12 @@ from typing import Any, cast
 
 import click
 import redis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import FleetConfig, Settings, load_config
 from workers import reports
@@ -62,8 +64,17 @@ def _database() -> Iterator[tuple[Settings, FleetConfig, Engine, str]]:
     settings, fleet = load_config()
     services = resolve_services(settings)
     assert services.database_url is not None
-    migrate(services.database_url)
-    yield settings, fleet, sync_engine(services.database_url), services.redis_url
+    # A server that does not answer is a one-line message, not a traceback (and no
+    # URL in it: it may carry a password).
+    try:
+        migrate(services.database_url)
+        yield settings, fleet, sync_engine(services.database_url), services.redis_url
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(f"Redis does not answer ({type(exc).__name__}): start it "
+                                   "or point REDIS_URL at one") from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"Postgres does not answer ({type(exc).__name__}): start "
+                                   "it or point DATABASE_URL at one") from None
 
 
 def _money(value: Any) -> str:

@@ -239,3 +239,19 @@ def test_parse_since() -> None:
     assert parse_since("2030-01-01T05:00:00-05:00", now).hour == 5
     with pytest.raises(ValueError):
         parse_since("7 days", now)
+
+
+def test_a_server_that_does_not_answer_is_one_line_not_a_traceback(
+        env: dict[str, str]) -> None:
+    # Given Redis named at a port where nothing listens (with a password in its URL)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = {**env, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
+    # When budgets are asked for
+    result = CliRunner().invoke(budgets, [], env=down)
+    # Then the command says which server and what to do, and shows no secret
+    assert result.exit_code == 1 and "Redis does not answer" in result.output
+    assert "Traceback" not in result.output and "hunter2" not in result.output
