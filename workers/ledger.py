@@ -32,9 +32,20 @@ __all__ = ["LedgerFlusher", "spool_row"]
 log = logging.getLogger(__name__)
 
 BATCH = 500
-LOCK_MS = 30_000
+#: The flush lock's lease: how long a killed flusher keeps the others waiting.
+LOCK_MS = 10_000
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+#: Trim the batch only while still holding the lock. A flusher whose lease ran out
+#: mid-insert (Postgres slow) must not trim: the next holder read the same head, and a
+#: second trim would drop rows that were never written.
+_TRIM_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('LTRIM', KEYS[2], ARGV[2], -1)
+  return 1
+end
 return 0
 """
 
@@ -65,6 +76,7 @@ class LedgerFlusher:
         self._interval = interval_s
         self._token = uuid.uuid4().hex
         self._release = redis.register_script(_RELEASE)
+        self._trim = redis.register_script(_TRIM_IF_HELD)
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
 
@@ -100,7 +112,11 @@ class LedgerFlusher:
             rows = [r for r in map(_decode, raws) if r is not None]
             if rows and not await self._insert(rows):
                 return 0
-            await self._redis.ltrim(LEDGER_SPOOL, len(raws), -1)
+            if not await self._trim(keys=[LEDGER_FLUSH_LOCK, LEDGER_SPOOL],
+                                    args=[self._token, len(raws)]):
+                log.warning("the flush lock's lease ran out during an insert: the batch is "
+                            "left to the next holder (re-inserting it changes nothing)")
+                return 0
             return len(rows)
         finally:
             await self._release(keys=[LEDGER_FLUSH_LOCK], args=[self._token])

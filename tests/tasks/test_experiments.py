@@ -152,7 +152,7 @@ def test_an_experiment_runs_from_submit_to_report(
                           tier="simple", max_tokens=16)
     results = [h.get(timeout=30) for h in [*handles, again]]
     # (rows reach Postgres through the spool; a worker killed by an earlier test may
-    # hold the flush lock for its 30 s lease)
+    # hold the flush lock for its 10 s lease)
     wait_until(lambda: all(ledger_metadata(database_url, r.job_id) for r in results),
                timeout=60)
     for index, result in enumerate(results[:20]):
