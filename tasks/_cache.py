@@ -41,42 +41,66 @@ class CacheShortCircuit:
         self._redis = redis.Redis.from_url(redis_url)
         self._lookup = self._redis.register_script(LOOKUP_LUA)
 
-    def lookup(self, job: CompletionJob) -> CompletionResult | None:
-        """The cached answer as ``job``'s result, its ledger row spooled; None on a miss,
-        when the job may not read the cache, or when Redis does not answer."""
+    def _key(self, job: CompletionJob) -> str | None:
+        """The job's cache entry key; None when it may not read the cache."""
         if job.tier is None or cache_mode(job, self._fleet.cache, self._enabled) != "use":
             return None
         model = self._fleet.chain(job.tier, job.model)[0]
-        key = cache_key(model, job, effective_max_tokens(self._fleet, job.tier, job))
-        try:
-            raw = self._lookup(keys=[CACHE_ENTRY.format(key=key), CACHE_LRU])
-        except RedisError as exc:
-            log.warning("cache lookup failed (%s): the job goes to the queue",
-                        type(exc).__name__)
-            return None
-        if raw is None:
-            return None
-        try:
-            answer = CachedAnswer.model_validate_json(raw)
-        except ValueError:
-            return None
-        result = answer.result_for(job, job.tier).labelled(job.metadata)
-        self._spool(job, result, answer.cost_usd)
-        return result
+        return CACHE_ENTRY.format(
+            key=cache_key(model, job, effective_max_tokens(self._fleet, job.tier, job)))
 
-    def _spool(self, job: CompletionJob, result: CompletionResult, saved: float) -> None:
+    def lookup(self, job: CompletionJob) -> CompletionResult | None:
+        """The cached answer as ``job``'s result, its ledger row spooled; None on a miss,
+        when the job may not read the cache, or when Redis does not answer."""
+        return self.lookup_many([job])[0]
+
+    def lookup_many(self, jobs: list[CompletionJob]) -> list[CompletionResult | None]:
+        """``lookup`` for many jobs in one round trip (and one for the hits' rows)."""
+        found: list[CompletionResult | None] = [None] * len(jobs)
+        keyed = [(i, key) for i, job in enumerate(jobs) if (key := self._key(job))]
+        if not keyed:
+            return found
+        try:
+            if len(keyed) == 1:
+                raws = [self._lookup(keys=[keyed[0][1], CACHE_LRU])]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for _, key in keyed:
+                    self._lookup(keys=[key, CACHE_LRU], client=pipe)
+                raws = pipe.execute()
+        except RedisError as exc:
+            log.warning("cache lookup failed (%s): the jobs go to the queue",
+                        type(exc).__name__)
+            return found
+        rows: list[str] = []
+        for (index, _), raw in zip(keyed, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                answer = CachedAnswer.model_validate_json(raw)
+            except ValueError:
+                continue
+            job = jobs[index]
+            result = answer.result_for(job, job.tier).labelled(job.metadata)
+            found[index] = result
+            rows.append(self._row(job, result, answer.cost_usd))
+        if rows:
+            try:
+                self._redis.rpush(LEDGER_SPOOL, *rows)
+            except RedisError:
+                log.error("ledger rows of %d cache hits could not be spooled", len(rows))
+        return found
+
+    def _row(self, job: CompletionJob, result: CompletionResult, saved: float) -> str:
         """The hit's ledger row, as a worker's accounting step would write it."""
         usage = result.usage
-        row = LedgerRow.for_job(
+        return LedgerRow.for_job(
             job, tier=result.tier, model=result.model, provider=result.provider,
             status=JobStatus.SUCCEEDED, cache_hit=True, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
             usage_estimated=usage.estimated, cost_usd=0.0, cost_saved_usd=saved,
-            latency_ms=result.latency_ms, outcome=auto_outcome(job.metadata, result.content))
-        try:
-            self._redis.rpush(LEDGER_SPOOL, row.model_dump_json())
-        except RedisError:
-            log.error("ledger row of cache hit %s could not be spooled", job.job_id)
+            latency_ms=result.latency_ms,
+            outcome=auto_outcome(job.metadata, result.content)).model_dump_json()
 
     def close(self) -> None:
         self._redis.close()

@@ -81,15 +81,19 @@ class JobHandle:
 class BatchHandle:
     """Jobs submitted together; ``get`` returns their results in submission order."""
 
-    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int):
+    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int,
+                 hits: dict[int, CompletionResult] | None = None):
         self._client = client
         self._parts = parts  # (message id, positions of its jobs in the batch)
         self._size = size
+        self._hits = hits or {}  # answered by the cache at submit, by position
 
     def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
         """Results in order. The first failed job raises its error, unless
         ``return_exceptions``, which puts each error in its job's place."""
         results: list[Any] = [None] * self._size
+        for position, hit in self._hits.items():
+            results[position] = hit
         for message_id, positions in self._parts:
             outcome = self._client._waiter.wait(message_id, timeout)
             envelopes = outcome.get("batch") if isinstance(outcome, dict) else None
@@ -180,7 +184,8 @@ class FleetClient:
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
         """Enqueue many completion jobs, batched per tier (each item takes submit's
         keywords and ``messages``); the handle returns results in order. All are
-        validated before any is sent."""
+        validated before any is sent; those the cache answers (one pipelined lookup)
+        are not sent at all."""
         built: list[CompletionJob] = []
         for index, spec in enumerate(jobs):
             options = dict(spec)
@@ -189,9 +194,12 @@ class FleetClient:
             except JobValidationError as exc:
                 raise type(exc)(f"jobs[{index}].{exc.message}",
                                 field=f"jobs[{index}].{exc.field}") from None
+        hits = {position: hit for position, hit in enumerate(self._cache.lookup_many(built))
+                if hit is not None}
         by_tier: dict[str, list[int]] = {}
         for position, job in enumerate(built):
-            by_tier.setdefault(job.tier or "", []).append(position)
+            if position not in hits:
+                by_tier.setdefault(job.tier or "", []).append(position)
         parts: list[tuple[str, list[int]]] = []
         for tier, positions in by_tier.items():
             for start in range(0, len(positions), BATCH_SIZE):
@@ -200,7 +208,7 @@ class FleetClient:
                 payload = [built[p].model_dump(mode="json") for p in chunk]
                 self._send(COMPLETE_BATCH, payload, queue_for(tier), message_id)
                 parts.append((message_id, chunk))
-        return BatchHandle(self, parts, len(built))
+        return BatchHandle(self, parts, len(built), hits)
 
     def complete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
                  timeout: float = 60, **options: Any) -> CompletionResult:

@@ -123,6 +123,29 @@ def test_a_repeated_submit_is_answered_at_submit(client: FleetClient, sim: Any,
     assert first.cost_usd > 0 and float(row["cost_saved_usd"]) == pytest.approx(first.cost_usd)
 
 
+def test_submit_many_answers_cached_jobs_at_submit_and_queues_the_rest(
+        client: FleetClient, sim: Any, sends: list[str], fleet_env: dict[str, str]) -> None:
+    # Given two questions answered (and cached) before
+    known = [ask(f"batch known {i} {uid()}") for i in range(2)]
+    firsts = [client.submit(q, tier="simple", max_tokens=200).get(timeout=30) for q in known]
+    sends.clear()
+    # When a batch repeats them around a new question
+    new = ask(f"batch new {uid()}")
+    batch = client.submit_many([{"messages": known[0], "tier": "simple", "max_tokens": 200},
+                                {"messages": new, "tier": "simple", "max_tokens": 200},
+                                {"messages": known[1], "tier": "simple", "max_tokens": 200}])
+    results = batch.get(timeout=30)
+    # Then the repeats are answered from the cache, in place, and only the new one queued
+    assert [r.cache_hit for r in results] == [False if i == 1 else True for i in range(3)]
+    assert [results[0].content, results[2].content] == [f.content for f in firsts]
+    assert new[0]["content"].split()[0] in results[1].content
+    assert len(sends) == 1 and sim.stats()["requests"] == 3
+    # And each hit leaves its ledger row (ledger_row waits for it)
+    for hit in (results[0], results[2]):
+        row = ledger_row(fleet_env["DATABASE_URL"], hit.job_id)
+        assert row["cache_hit"] and row["cost_usd"] == 0
+
+
 def test_acomplete_is_short_circuited_too(client: FleetClient, sim: Any,
                                           sends: list[str]) -> None:
     question = ask(f"async {uid()}")
