@@ -136,7 +136,7 @@ def test_submit_many_answers_cached_jobs_at_submit_and_queues_the_rest(
                                 {"messages": known[1], "tier": "simple", "max_tokens": 200}])
     results = batch.get(timeout=30)
     # Then the repeats are answered from the cache, in place, and only the new one queued
-    assert [r.cache_hit for r in results] == [False if i == 1 else True for i in range(3)]
+    assert [r.cache_hit for r in results] == [True, False, True]
     assert [results[0].content, results[2].content] == [f.content for f in firsts]
     assert new[0]["content"].split()[0] in results[1].content
     assert len(sends) == 1 and sim.stats()["requests"] == 3
