@@ -14,7 +14,7 @@ simulator as its own process, one real worker process (``--concurrency`` threads
    coalesced).
 2. Hit latency: one answer cached, then ``submit -> get`` of it, one at a time: the
    short-circuit (one Redis script and one RPUSH of the ledger row), p50/p99.
-3. The semantic cache: one lookup's time (HGETALL of a scope, cosine in Python) by
+3. The semantic cache: one lookup's time (HGETALL of a scope, a numpy matrix product) by
    scope size, and false hits on near-miss pairs with the simulator's embeddings.
 
 Self-contained on purpose: ``bench/throughput.py`` is the reference for Celery itself.

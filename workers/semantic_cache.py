@@ -5,9 +5,10 @@ Only the last user message is compared by meaning; everything else must be equal
 model, max_tokens, sampling options and the conversation before it form the *scope*,
 hashed like an exact key), so a different system prompt never matches. Each scope is a
 Redis hash of exact cache key -> embedding (float32, ``DIMENSIONS`` wide), compared by
-brute-force cosine in Python: fine for the few hundred entries a scope holds; see the
-figures in ``tests/workers/test_cache.py``. A match returns the exact entry it points
-to, so TTL and LRU eviction govern both caches at once.
+brute force: entries with another guard (below) are skipped by a byte compare, the rest
+ranked by one numpy float32 matrix product (``bench/cache.py`` times it by scope size).
+A match returns the exact entry it points to, so TTL and LRU eviction govern both caches
+at once.
 
 Embeddings blur exactly the details that change an answer: another number, a negation.
 So a match also needs the same numbers, in order, and as many negations (a lexical
@@ -26,7 +27,9 @@ import operator
 import re
 import sys
 from collections.abc import Mapping
+from typing import Any
 
+import numpy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -37,7 +40,7 @@ from workers.cache import ResponseCache
 from workers.providers import EmbedRequest, Provider
 from workers.steps import JobContext
 
-__all__ = ["DIMENSIONS", "SemanticCache", "cosine", "guard_of", "pack", "unpack"]
+__all__ = ["DIMENSIONS", "SemanticCache", "closest", "cosine", "guard_of", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,28 @@ def cosine(a: array.array[float], b: array.array[float]) -> float:
     """The cosine of two unit vectors (their dot product). ``sum``, not ``fsum``: float32
     inputs gain nothing from exact rounding, and it is 1.5x faster."""
     return sum(map(operator.mul, a, b)) if len(a) == len(b) else -1.0
+
+
+def closest(query: array.array[float], guard: str, stored: Mapping[Any, Any],
+            threshold: float) -> Any | None:
+    """The key of the stored vector closest to ``query`` among those with the same
+    guard, if its cosine reaches ``threshold``. The guard is compared first (a byte
+    prefix), then one float32 matrix product ranks what is left."""
+    prefix = guard.encode() + b"\n"
+    width = len(query) * 4
+    keys: list[Any] = []
+    blobs: list[bytes] = []
+    for key, raw in stored.items():
+        # bytes only: a client that decodes responses cannot carry vectors
+        if isinstance(raw, bytes) and raw.startswith(prefix) and len(raw) - len(prefix) == width:
+            keys.append(key)
+            blobs.append(raw[len(prefix):])
+    if not keys:
+        return None
+    matrix = numpy.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), len(query))
+    similarities = matrix @ numpy.asarray(query, dtype=numpy.float32)
+    best = int(numpy.argmax(similarities))
+    return keys[best] if similarities[best] >= threshold else None
 
 
 def _last_user_text(job: CompletionJob) -> str | None:
@@ -156,14 +181,7 @@ class SemanticCache:
             stored = await self._redis.hgetall(scope)
         except RedisError:
             return None
-        best, best_key = self._threshold, None
-        for key, raw in stored.items():
-            if not isinstance(raw, bytes):
-                continue  # a client that decodes responses: vectors need bytes
-            their_guard, vector = unpack(raw)
-            similarity = cosine(query, vector)
-            if their_guard == guard and similarity >= best:
-                best, best_key = similarity, key
+        best_key = closest(query, guard, stored, self._threshold)
         if best_key is None:
             return None
         key_text = best_key.decode() if isinstance(best_key, bytes) else str(best_key)
