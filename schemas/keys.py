@@ -20,6 +20,7 @@ __all__ = [
     "CACHE_LRU",
     "CACHE_SEMANTIC",
     "CACHE_WAKE",
+    "DASHBOARD_LOGGED_OUT",
     "JOB_DONE",
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
@@ -81,3 +82,7 @@ CACHE_SEMANTIC = PREFIX + "cache:semantic:{scope}"
 #: dimensions, text) (``workers.embed_cache``); expires CACHE_TTL_SECONDS after it was
 #: written, so that re-embedding a known text costs no provider call meanwhile.
 CACHE_EMBEDDING = PREFIX + "cache:embedding:{key}"
+
+#: A dashboard session ended by logout (``nonce`` is its token's), refused from then on;
+#: expires when the token itself would have (``workers.api.sessions``).
+DASHBOARD_LOGGED_OUT = PREFIX + "dashboard:logged-out:{nonce}"

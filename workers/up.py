@@ -14,7 +14,7 @@ from rich.console import Console
 
 from schemas import load_config
 from tasks import FleetClient
-from workers.db import migrate
+from workers.db import migrate, safe_url
 from workers.services import export_service_env, resolve_services
 from workers.supervisor import Supervisor
 
@@ -74,12 +74,15 @@ def run_up(concurrency: int = 32, flower_port: int = 5555, simulator_port: int =
         supervisor.start("api", ["api", "--port", str(api_port)])
         client = stack.enter_context(FleetClient(redis_url=services.redis_url, fleet=fleet))
         supervisor.wait_for_workers(client._app, len(fleet.tiers))
-        console.print(f"Fleet up. Redis: {services.redis_url}\n"
-                      f"Postgres: {services.database_url}\n"
+        admin = "on" if os.environ.get("LLMFLEET_ADMIN_KEY") else "off"
+        dashboard = "log in with LLMFLEET_ADMIN_KEY" if admin == "on" else \
+            "set LLMFLEET_ADMIN_KEY to turn it on"
+        console.print(f"Fleet up. Redis: {safe_url(services.redis_url)}\n"
+                      f"Postgres: {safe_url(services.database_url or '')}\n"
                       f"Flower: http://127.0.0.1:{flower_port}\n"
                       f"API: http://127.0.0.1:{api_port}/v1 (keys: `llmfleet keys create`; "
-                      f"admin API {'on' if os.environ.get('LLMFLEET_ADMIN_KEY') else 'off'}: "
-                      f"LLMFLEET_ADMIN_KEY)\n"
+                      f"admin API {admin}: LLMFLEET_ADMIN_KEY)\n"
+                      f"Dashboard: http://127.0.0.1:{api_port}/dashboard ({dashboard})\n"
                       f"Logs: {supervisor.log_dir}\nCtrl-C stops it.")
         while not stop:
             time.sleep(0.5)

@@ -21,6 +21,9 @@ from workers.api.keys import create_key
 ADMIN_KEY = "test-admin-key-0123456789"
 #: A budget so small that any job of agent "broke" exceeds it.
 BROKE_BUDGET = "broke-daily"
+#: A budget of agent "dash-coder" (the dashboard's tests) that a few jobs take past its
+#: alert threshold, far from its limit.
+DASH_BUDGET = "dash-coder-daily"
 
 
 def free_port() -> int:
@@ -41,6 +44,13 @@ name = "{BROKE_BUDGET}"
 limit_usd = 0.000001
 period = "daily"
 scope = "agent:broke"
+
+[[budgets]]
+name = "{DASH_BUDGET}"
+limit_usd = 0.0005
+period = "daily"
+scope = "agent:dash-coder"
+alert_threshold = 0.1
 """)
     return {**fleet_env, "LLMFLEET_CONFIG": str(path), "LLMFLEET_ADMIN_KEY": ADMIN_KEY}
 

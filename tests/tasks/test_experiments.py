@@ -169,7 +169,10 @@ def test_an_experiment_runs_from_submit_to_report(
     assert sum(v["jobs"] for v in by_name.values()) == 21
     assert sum(v["outcomes"] for v in by_name.values()) == 20
     assert sum(v["successes"] for v in by_name.values()) == 9
-    assert report["p_value"] is not None and report["winner"] is None
+    # (the split of users between variants follows the experiment's random name, so
+    # whether 9 successes in 20 differ significantly between them varies by run)
+    assert report["p_value"] is not None
+    assert (report["winner"] is None) == (report["p_value"] >= report["alpha"])
     # And the CLI prints the same report
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("REDIS_URL", redis_url)

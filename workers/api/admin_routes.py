@@ -17,30 +17,57 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN
+from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
 from workers import experiments_store, reports
-from workers.api import queries
+from workers.api import breakdowns, queries, sessions
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.state import ApiState, state_of
 from workers.cli_reports import parse_since
 
-__all__ = ["health_report", "public_router", "require_admin", "router"]
+__all__ = ["admin_session", "health_report", "public_router", "require_admin", "router"]
 
 PREFIX = "/api/admin/ml-ops"
+TimeRange = Literal["1h", "24h", "7d", "30d"]
+
+
+def _logged_out(state: ApiState, nonce: str) -> bool:
+    return bool(state.redis.exists(DASHBOARD_LOGGED_OUT.format(nonce=nonce)))
+
+
+async def admin_session(request: Request) -> sessions.Session | None:
+    """The request's dashboard session: a cookie whose token verifies against the
+    admin key, unexpired and not logged out; None otherwise."""
+    state = state_of(request)
+    token = request.cookies.get(sessions.COOKIE)
+    if not token or state.admin_key is None:
+        return None
+    session = sessions.verify(token, state.admin_key)
+    if session is None:
+        return None
+    try:
+        gone = await asyncio.to_thread(_logged_out, state, session.nonce)
+    except (RedisError, OSError):  # fail closed: a logout we cannot see may have happened
+        raise ApiError(503, "cannot check the dashboard session: Redis is unreachable",
+                       "fleet_unavailable", code="fleet_unavailable") from None
+    return None if gone else session
 
 
 async def require_admin(request: Request,
                         authorization: Annotated[str | None, Header()] = None) -> None:
-    """The admin key, compared in constant time; 503 when the admin API is off."""
+    """The admin key as a Bearer token, compared in constant time, or a dashboard
+    session (``workers.api.sessions``); 503 when the admin API is off."""
     expected = state_of(request).admin_key
     if expected is None:
         raise ApiError(503, "the admin API is off: set LLMFLEET_ADMIN_KEY to turn it on",
                        "admin_api_disabled", code="admin_api_disabled")
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             expected.encode()):
-        raise ApiError(401, "admin key required: Authorization: Bearer $LLMFLEET_ADMIN_KEY",
-                       "invalid_request_error", code="invalid_admin_key")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                          expected.encode()):
+        return
+    if await admin_session(request) is None:
+        raise ApiError(401, "admin key required: Authorization: Bearer $LLMFLEET_ADMIN_KEY "
+                       "(or log in at /dashboard)", "invalid_request_error",
+                       code="invalid_admin_key")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -80,7 +107,7 @@ async def overview(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(request: Request,
-                  time_range: Literal["1h", "24h", "7d", "30d"] = "24h",
+                  time_range: TimeRange = "24h",
                   model: Annotated[str | None, Query(max_length=200)] = None,
                   agent: Annotated[str | None, Query(max_length=200)] = None
                   ) -> dict[str, Any]:
@@ -102,6 +129,34 @@ async def costs(request: Request, since: str = "30d") -> dict[str, Any]:
 async def stats(request: Request, since: str = "24h") -> dict[str, Any]:
     """``llmfleet stats``: jobs, errors, cache hits, tokens, cost, p50/p95/p99, per tier."""
     return await asyncio.to_thread(reports.stats, state_of(request).engine, _since(since))
+
+
+@router.get("/spend")
+async def spend(request: Request, time_range: TimeRange = "24h",
+                model: Annotated[str | None, Query(max_length=200)] = None,
+                agent: Annotated[str | None, Query(max_length=200)] = None,
+                top: Annotated[int, Query(ge=1, le=50)] = 8) -> dict[str, Any]:
+    """Spend per time bucket and model, and the top agents and users by spend (with
+    what the rest add up to), over ``time_range``, optionally for one model or agent."""
+    state = state_of(request)
+    return await asyncio.to_thread(breakdowns.spend_page, state.engine, time_range,
+                                   model=model, agent=agent, top=top)
+
+
+@router.get("/alerts")
+async def alerts(request: Request,
+                 limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+    """The newest budget alerts, each with its delivery per channel."""
+    rows = await asyncio.to_thread(breakdowns.recent_alerts, state_of(request).engine, limit)
+    return {"alerts": rows}
+
+
+@router.get("/fleet")
+async def fleet(request: Request) -> dict[str, Any]:
+    """What the filters offer: agents seen in the last 30 days, models, each
+    provider's models, each tier's chain."""
+    state = state_of(request)
+    return await asyncio.to_thread(breakdowns.filter_options, state.engine, state.fleet)
 
 
 def _experiments(state: ApiState) -> dict[str, Any]:

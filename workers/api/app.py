@@ -20,6 +20,8 @@ from tasks import FleetClient
 from tasks.celery_config import celery_settings
 from workers.api.admin_routes import public_router
 from workers.api.admin_routes import router as admin_router
+from workers.api.dashboard import DashboardHeaders
+from workers.api.dashboard import router as dashboard_router
 from workers.api.errors import install_handlers
 from workers.api.keys import KeyVerifier
 from workers.api.metrics import metrics_router
@@ -131,13 +133,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.control.close()
 
     app = FastAPI(title="llmfleet", version="0.1.0", lifespan=lifespan,
-                  description="The fleet in the OpenAI wire format, its admin API and "
-                              "Prometheus metrics.")
+                  description="The fleet in the OpenAI wire format, its admin API, "
+                              "Prometheus metrics and the /dashboard page.")
     app.state.fleet = state
     install_handlers(app)
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(public_router)
     app.include_router(metrics_router)
+    app.include_router(dashboard_router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(DashboardHeaders)
     return app

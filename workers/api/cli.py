@@ -38,7 +38,7 @@ def _engine() -> Any:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def api_command(host: str, port: int, processes: int, log_level: str) -> None:
     """Serve the HTTP API: /v1 (OpenAI wire format, fleet keys), /api/admin/ml-ops
-    (LLMFLEET_ADMIN_KEY) and /metrics (Prometheus)."""
+    (LLMFLEET_ADMIN_KEY), the /dashboard page and /metrics (Prometheus)."""
     import os
 
     import uvicorn
@@ -55,7 +55,8 @@ def api_command(host: str, port: int, processes: int, log_level: str) -> None:
     if not os.environ.get("LLMFLEET_ADMIN_KEY"):
         click.secho("LLMFLEET_ADMIN_KEY is not set: the admin API is off", fg="yellow",
                     err=True)
-    click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es))", err=True)
+    click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es)); "
+               f"dashboard: http://{host}:{port}/dashboard", err=True)
     uvicorn.run("workers.api.app:create_app", factory=True, host=host, port=port,
                 workers=processes, log_level=log_level, timeout_graceful_shutdown=10)
 
