@@ -19,22 +19,29 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-__all__ = ["Channels"]
+__all__ = ["Channels", "Watch"]
+
+
+class Watch(asyncio.Event):
+    """Set whenever a message arrives on the watched channel; ``data`` is the last
+    message's payload (a watcher may use it and spare itself a read)."""
+
+    data: bytes | str | None = None
 
 
 class Channels:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
         self._lock = asyncio.Lock()
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Watch]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watched = asyncio.Event()  # set while anyone watches: the reader sleeps
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, channel: str) -> AsyncIterator[Watch]:
         """An event set whenever a message arrives on ``channel`` (clear it to wait
-        again); subscribed for as long as anyone watches."""
-        event = asyncio.Event()
+        again), holding the message; subscribed for as long as anyone watches."""
+        event = Watch()
         watchers = self._events.setdefault(channel, set())
         watchers.add(event)
         self._watched.set()
@@ -72,6 +79,7 @@ class Channels:
             channel = message["channel"]
             name = channel.decode() if isinstance(channel, bytes) else str(channel)
             for event in self._events.get(name, ()):
+                event.data = message.get("data")
                 event.set()
 
     async def close(self) -> None:

@@ -3,8 +3,8 @@
 Celery's Redis result backend stores a finished task's meta at
 ``celery-task-meta-<id>`` and publishes the same JSON on a channel of that name. A
 private event loop thread watches that channel per job (``tasks._pubsub.Channels``),
-reads the key (the job may be done already) and again whenever a message comes, and
-returns the first final state. Any number of threads and event loops wait through it
+reads the key (the job may be done already), takes the published state when its message
+comes, and returns the first final state. Any number of threads and event loops wait through it
 without a thread each.
 """
 
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import FleetUnavailableError, JobTimeoutError, WorkerError
-from tasks._pubsub import Channels
+from tasks._pubsub import Channels, Watch
 
 __all__ = ["ResultWaiter"]
 
@@ -35,7 +35,10 @@ MAX_CONNECTIONS = 16
 def _final_meta(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
     return meta if isinstance(meta, dict) and meta.get("status") in _FINAL else None
 
 
@@ -100,21 +103,25 @@ class ResultWaiter:
             raise FleetUnavailableError(f"result backend unreachable: {type(exc).__name__}") \
                 from exc
 
-    async def _poll(self, redis: aioredis.Redis, key: str, published: asyncio.Event,
+    async def _poll(self, redis: aioredis.Redis, key: str, published: Watch,
                     timeout: float | None) -> dict[str, Any]:
-        """The result once its key holds a final state: read when its message comes,
-        and now and then regardless (a reconnect drops what was published meanwhile)."""
+        """The result once its key holds a final state: read at first (the job may be
+        done already), taken from its message when one comes (the same JSON as the
+        key), and read again now and then (a reconnect drops what was published)."""
         deadline = None if timeout is None else self._loop.time() + timeout
-        while True:
-            meta = _final_meta(await redis.get(key))
-            if meta is not None:
-                return meta
+        meta = _final_meta(await redis.get(key))
+        while meta is None:
             left = _RECHECK_S if deadline is None else deadline - self._loop.time()
             if left <= 0:
                 raise TimeoutError
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(published.wait(), min(left, _RECHECK_S))
-            published.clear()
+            if published.is_set():
+                published.clear()
+                meta = _final_meta(published.data)
+            if meta is None:
+                meta = _final_meta(await redis.get(key))
+        return meta
 
     def _connect(self) -> tuple[aioredis.Redis, Channels]:
         if self._redis is None or self._channels is None:

@@ -51,3 +51,24 @@ def test_a_wait_past_its_timeout_raises_job_timeout(redis_url: str) -> None:
             waiter.wait(uuid.uuid4().hex, 0.2)
     finally:
         waiter.close()
+
+
+def test_a_published_result_is_taken_from_its_message(redis_url: str) -> None:
+    # Given a waiter on a job whose key nobody will write (only its message comes)
+    waiter = ResultWaiter(redis_url)
+    job_id = uuid.uuid4().hex
+
+    async def wait_and_publish() -> object:
+        task = asyncio.ensure_future(waiter.await_(job_id, 3))
+        await asyncio.sleep(0.3)
+        with redis.Redis.from_url(redis_url) as r:
+            r.publish(META_KEY.format(job_id), "not json")  # ignored, not fatal
+            r.publish(META_KEY.format(job_id), json.dumps({"status": "SUCCESS",
+                                                           "result": "from the message"}))
+        return await task
+
+    try:
+        # Then the wait ends with the message's result, without the key's read
+        assert asyncio.run(wait_and_publish()) == "from the message"
+    finally:
+        waiter.close()
