@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["budget_alerts", "experiment_outcomes", "experiments", "fleet_keys", "job_ledger",
-           "metadata", "metrics_rollup", "prompt_templates"]
+           "metadata", "metrics_rollup", "prompt_templates", "rollup_watermark"]
 
 metadata = MetaData()
 
@@ -100,6 +100,15 @@ metrics_rollup = Table(
     UniqueConstraint("granularity", "bucket_start", "model", "agent", "tier",
                      name="uq_metrics_rollup_bucket"),
     Index("ix_metrics_rollup_bucket", "granularity", "bucket_start"),
+)
+
+#: The highest ``job_ledger.id`` the roll-ups have seen: rows above it arrived since the
+#: last roll-up, whatever their ``created_at`` (a Postgres outage delivers old rows
+#: late), so their buckets are recomputed too.
+rollup_watermark = Table(
+    "rollup_watermark", metadata,
+    Column("name", String(40), primary_key=True),
+    Column("ledger_id", BigInteger, nullable=False),
 )
 
 #: API keys of the HTTP API (``llmfleet keys``): only a sha256 of each key is kept; the

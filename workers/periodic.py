@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from redis import Redis
-from sqlalchemy import Engine, String, func, literal, literal_column, select, update
+from sqlalchemy import Connection, Engine, String, func, literal, literal_column, select, update
 from sqlalchemy.dialects.postgresql import Insert, insert
 
 from schemas import BudgetConfig, FleetConfig, LedgerRow
 from schemas.keys import LEDGER_SPOOL
-from schemas.tables import budget_alerts, job_ledger, metrics_rollup
+from schemas.tables import budget_alerts, job_ledger, metrics_rollup, rollup_watermark
 from workers.alerts import Alert, Alerter
 from workers.budgets import NANO, Period, budget_key, period_of, to_nano
 from workers.reports import budget_spend, ledger_measures, utc_now
@@ -164,16 +164,22 @@ def _floor(now: dt.datetime, granularity: str) -> dt.datetime:
     return utc if granularity == "hour" else utc.replace(hour=0)
 
 
-def _rollup(granularity: Literal["hour", "day"], now: dt.datetime) -> Insert:
+def _rollup(granularity: Literal["hour", "day"], now: dt.datetime,
+            late: dt.datetime | None = None, not_before: dt.datetime | None = None) -> Insert:
     """One INSERT ... SELECT ... ON CONFLICT DO UPDATE for one granularity: every bucket
-    from the previous one (or the last rolled up, if beat missed some) to the current."""
+    from the previous one (or the last rolled up, if beat missed some; or the oldest
+    bucket a late row fell in) to the current. Whole buckets only: a bucket recomputed
+    from part of its rows would lose the rest."""
     step = dt.timedelta(hours=1) if granularity == "hour" else dt.timedelta(days=1)
     current = _floor(now, granularity)
     r, c = metrics_rollup.c, job_ledger.c
     last = select(func.max(r.bucket_start)).where(r.granularity == granularity) \
         .scalar_subquery()
-    since = func.least(current - step,
+    earliest = current - step if late is None else min(current - step, _floor(late, granularity))
+    since = func.least(earliest,
                        func.coalesce(last, literal_column("'-infinity'::timestamptz")))
+    if not_before is not None:
+        since = func.greatest(since, not_before)
     utc_wall = func.timezone(literal_column("'UTC'"), c.created_at)
     bucket = func.timezone(literal_column("'UTC'"),
                            func.date_trunc(literal_column(f"'{granularity}'"), utc_wall))
@@ -194,18 +200,50 @@ def _rollup(granularity: Literal["hour", "day"], now: dt.datetime) -> Insert:
         set_={n: statement.excluded[n] for n in measures})
 
 
-def rollup_metrics(engine: Engine, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Recompute the hourly and daily roll-ups of the current and previous buckets
-    (UTC), and of any missed since the last roll-up. Idempotent: run it as often as
-    you like."""
+_WATERMARK = "job_ledger"
+
+
+def _late_rows_since(connection: Connection) -> tuple[dt.datetime | None, int | None]:
+    """The oldest ``created_at`` among ledger rows written since the last roll-up (None
+    on the first roll-up, which sets the watermark), and the watermark to record. The
+    watermark row is locked: two roll-ups at once take turns."""
+    w = rollup_watermark.c
+    seen = connection.execute(select(w.ledger_id).where(w.name == _WATERMARK)
+                              .with_for_update()).scalar()
+    top = connection.execute(select(func.max(job_ledger.c.id))).scalar()
+    if seen is None:
+        return None, top
+    late = connection.execute(select(func.min(job_ledger.c.created_at))
+                              .where(job_ledger.c.id > seen)).scalar()
+    return late, top
+
+
+def rollup_metrics(engine: Engine, now: dt.datetime | None = None,
+                   retention_days: int = 0) -> dict[str, Any]:
+    """Recompute the hourly and daily roll-ups (UTC) of the current and previous
+    buckets, of any missed since the last roll-up, and of any that rows written since
+    then fell in (a Postgres outage delivers old rows late); never a bucket that
+    ``purge_expired`` may have emptied in part (older than ``retention_days``, 0 for no
+    limit). Idempotent: run it as often as you like."""
     now = utc_now(now)
+    not_before = None if retention_days <= 0 else \
+        _floor(now - dt.timedelta(days=retention_days), "day") + dt.timedelta(days=1)
     written: dict[str, int] = {}
     with engine.begin() as connection:
+        late, top = _late_rows_since(connection)
         for granularity in ("hour", "day"):
-            statement = _rollup(granularity, now).execution_options(preserve_rowcount=True)
+            statement = _rollup(granularity, now, late, not_before) \
+                .execution_options(preserve_rowcount=True)
             written[granularity] = connection.execute(statement).rowcount
+        if top is not None:
+            mark = insert(rollup_watermark).values(name=_WATERMARK, ledger_id=top)
+            connection.execute(mark.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"ledger_id": func.greatest(rollup_watermark.c.ledger_id,
+                                                 mark.excluded.ledger_id)}))
     return {"hour_rows": written["hour"], "day_rows": written["day"],
-            "hour": _floor(now, "hour").isoformat(), "day": _floor(now, "day").isoformat()}
+            "hour": _floor(now, "hour").isoformat(), "day": _floor(now, "day").isoformat(),
+            "late_since": None if late is None else late.isoformat()}
 
 
 def purge_expired(engine: Engine, retention_days: int,

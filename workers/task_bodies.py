@@ -129,7 +129,8 @@ def enforce_budgets() -> dict[str, Any]:
 
 
 def rollup_metrics() -> dict[str, Any]:
-    return _with_database(lambda runtime, engine: periodic.rollup_metrics(engine))
+    return _with_database(lambda runtime, engine: periodic.rollup_metrics(
+        engine, retention_days=runtime.settings.metrics_retention_days))
 
 
 def purge_expired() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from sqlalchemy import Engine, delete, insert, select, text
+from sqlalchemy import Engine, delete, func, insert, select, text
 
 from schemas import FleetConfig, LedgerRow, load_fleet_config, parse_fleet_config
 from schemas.keys import LEDGER_SPOOL
@@ -346,6 +346,48 @@ def test_rollups_equal_the_ledger_figures(engine: Engine, tag: str) -> None:
             metrics_rollup.c.granularity == "hour")).mappings().one()
     assert rejected["tier"] == "" and rejected["errors"] == 1
     assert rejected["latency_p95_ms"] is None
+
+
+def test_rows_written_late_are_rolled_into_their_past_buckets(engine: Engine,
+                                                              tag: str) -> None:
+    # Given roll-ups done through 12:30, with jobs of 12:00 and of five hours before
+    now = dt.datetime(2034, 6, 7, 12, 30, tzinfo=UTC)
+    add(engine, row(tag, now - dt.timedelta(minutes=20), 1.0),
+        row(tag, now - dt.timedelta(hours=5), 2.0))
+    rollup_metrics(engine, now)
+    rollup_metrics(engine, now)  # (the first roll-up of a fresh database sets the mark)
+    assert _check_rollups(engine, tag) == 3
+    # When rows of 07:00 and of the day before arrive late (Postgres was down), and the
+    # roll-up runs again within the same hour
+    add(engine, row(tag, now - dt.timedelta(hours=5, minutes=10), 4.0),
+        row(tag, now - dt.timedelta(days=1, hours=3), 8.0))
+    summary = rollup_metrics(engine, now + dt.timedelta(minutes=5))
+    # Then their hourly and daily buckets hold them: every bucket equals the ledger
+    assert summary["late_since"] is not None
+    assert _check_rollups(engine, tag) == 5
+    with engine.connect() as connection:
+        daily = connection.execute(select(func.sum(metrics_rollup.c.cost_usd)).where(
+            metrics_rollup.c.agent == tag, metrics_rollup.c.granularity == "day")).scalar()
+    assert daily == Decimal("15")
+
+
+def test_late_rows_never_recompute_a_partly_purged_bucket(engine: Engine, tag: str) -> None:
+    # Given a day rolled up, then partly purged (30 days of retention)
+    now = dt.datetime(2035, 3, 31, 12, tzinfo=UTC)
+    edge = now - dt.timedelta(days=30)  # 2035-03-01 12:00
+    add(engine, row(tag, edge - dt.timedelta(hours=2), 1.0),
+        row(tag, edge + dt.timedelta(hours=2), 2.0))
+    rollup_metrics(engine, edge + dt.timedelta(hours=3), retention_days=30)
+    rollup_metrics(engine, edge + dt.timedelta(hours=3), retention_days=30)
+    purge_expired(engine, 30, now)
+    # When a late row of that day arrives and the roll-up runs with the retention
+    add(engine, row(tag, edge + dt.timedelta(hours=4), 4.0))
+    rollup_metrics(engine, now, retention_days=30)
+    # Then that day's roll-up keeps the purged row's figures (not recomputed from part)
+    with engine.connect() as connection:
+        day = connection.execute(select(metrics_rollup.c.cost_usd).where(
+            metrics_rollup.c.agent == tag, metrics_rollup.c.granularity == "day")).scalar()
+    assert day == Decimal("3")
 
 
 def test_purge_deletes_old_rows_and_keeps_rollups(engine: Engine, tag: str) -> None:
