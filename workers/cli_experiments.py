@@ -60,7 +60,16 @@ def _scalar(text: str) -> Any:
 
 
 def _pairs(option: str, text: str) -> dict[str, Any]:
-    """``key=value,key=value`` as a dict (values as JSON scalars where they parse)."""
+    """``key=value,key=value`` as a dict (values as JSON scalars where they parse), or
+    a JSON object (for values holding commas, such as a regex's ``{1,3}``)."""
+    if text.strip().startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"not a JSON object: {exc}", param_hint=option) from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter("not a JSON object", param_hint=option)
+        return parsed
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
@@ -112,7 +121,8 @@ def list_experiments(as_json: bool) -> None:
               help="Significance level of the test.")
 @click.option("--evaluator", metavar="KEY=VALUE,...", default=None,
               help="Judge answers automatically: kind=min_length,chars=200 | "
-                   "kind=regex,pattern=... | kind=json | a plugin's kind.")
+                   "kind=regex,pattern=... | kind=json | a plugin's kind; or a JSON "
+                   "object, for values with commas.")
 @click.option("--start", is_flag=True, help="Start it at once (else it is a draft).")
 def create(name: str, variants: tuple[str, ...], unit: str, primary_metric: str,
            alpha: float, evaluator: str | None, start: bool) -> None:

@@ -290,6 +290,11 @@ variants = [{{ name = "mini", tier = "simple" }}, {{ name = "big", tier = "mediu
         "create", made, "--variant", "name=a,tier=simple", "--variant",
         "name=b,tier=medium,weight=2", "--evaluator", "kind=regex,pattern=^OK", "--start"])
     assert out.exit_code == 0, out.output
+    with_commas = runner.invoke(experiments_group, [
+        "create", f"{made}_json", "--variant", "name=a,tier=simple", "--variant",
+        '{"name": "b", "tier": "medium"}', "--evaluator",
+        '{"kind": "regex", "pattern": "\\\\d{1,3}"}'])
+    assert with_commas.exit_code == 0, with_commas.output
     bad = runner.invoke(experiments_group, [
         "create", f"bad_{made}", "--variant", "name=a", "--variant", "name=b",
         "--evaluator", "kind=min_length"])
@@ -304,3 +309,4 @@ variants = [{{ name = "mini", tier = "simple" }}, {{ name = "big", tier = "mediu
     assert by_name[declared]["status"] == "running" and by_name[declared]["unit"] == "agent"
     assert by_name[declared]["evaluator"] == {"kind": "json"}
     assert f"bad_{made}" not in by_name
+    assert by_name[f"{made}_json"]["evaluator"] == {"kind": "regex", "pattern": "\\d{1,3}"}
