@@ -3,6 +3,8 @@ servers), the provider simulator over real HTTP, and real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from schemas import FleetConfig, Settings, load_config
+from tasks import FleetClient
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +101,27 @@ def start_worker(env: dict[str, str], tiers: str, name: str,
         [sys.executable, "-m", "workers.cli", "worker", "--tiers", tiers, "--concurrency", "16",
          "--loglevel", "WARNING", "--hostname", f"{name}@%h"],
         env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def client_with_worker(env: dict[str, str], fleet: FleetConfig, tiers: str, name: str,
+                       log: Path, agent: str) -> Iterator[FleetClient]:
+    """A FleetClient of ``agent`` once a real worker of ``tiers`` answers pings; the
+    worker is stopped afterwards."""
+    worker = start_worker(env, tiers, name, log)
+    client = FleetClient(redis_url=env["REDIS_URL"], fleet=fleet, agent=agent)
+    try:
+        end = time.monotonic() + 60
+        while not client._app.control.ping(timeout=0.5):
+            assert worker.poll() is None, "the worker died at start"
+            assert time.monotonic() < end, "the worker did not come up"
+        yield client
+    finally:
+        client.close()
+        stop_process(worker)
+        # The client's result waiter can leave an async Redis connection to the GC; collect
+        # it now, not during a later ast parse (CPython 3.11.7 then raises SystemError).
+        gc.collect()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

@@ -7,7 +7,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from sqlalchemy import text
 from schemas import ExperimentError, FleetConfig, UnknownJobError
 from tasks import FleetClient
 from tasks.experiments import assign
-from tests.conftest import start_worker, stop_process, wait_until
+from tests.conftest import client_with_worker, wait_until
 from workers.cli_experiments import experiments_group
 from workers.db import sync_engine
 from workers.experiment_stats import Arm, decide, wilson_interval
@@ -110,20 +109,12 @@ def test_the_wilson_interval_stays_inside_zero_and_one() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(fleet_env: dict[str, str], fleet: FleetConfig, redis_url: str,
+def client(fleet_env: dict[str, str], fleet: FleetConfig,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetClient]:
     logs: Path = tmp_path_factory.mktemp("experiment-logs")
-    worker = start_worker(fleet_env, "simple", "w-experiments", logs / "w.log")
-    client = FleetClient(redis_url=redis_url, fleet=fleet, agent="experimenter")
-    try:
-        end = time.monotonic() + 60
-        while not client._app.control.ping(timeout=0.5):
-            assert worker.poll() is None, "the worker died at start"
-            assert time.monotonic() < end, "the worker did not come up"
+    with client_with_worker(fleet_env, fleet, "simple", "w-experiments", logs / "w.log",
+                            agent="experimenter") as client:
         yield client
-    finally:
-        client.close()
-        stop_process(worker)
 
 
 def ledger_metadata(database_url: str, job_id: str) -> Any:

@@ -5,10 +5,7 @@ cache, and RAG end to end on pgvector."""
 from __future__ import annotations
 
 import asyncio
-import gc
-import inspect
 import itertools
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +19,7 @@ import redis.asyncio as aioredis
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
 from tasks import ContextRetriever, FleetAgent, FleetClient
 from tasks.retriever import chunk_text
-from tests.conftest import start_worker, stop_process
+from tests.conftest import client_with_worker
 from workers.simulator._embeddings import embed as sim_embed
 from workers.vectors import MemoryVectorStore, PgVectorStore
 
@@ -118,23 +115,12 @@ def test_the_agent_builds_its_retriever_once() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(fleet_env: dict[str, str], fleet: FleetConfig, redis_url: str,
+def client(fleet_env: dict[str, str], fleet: FleetConfig,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetClient]:
     logs: Path = tmp_path_factory.mktemp("retriever-logs")
-    worker = start_worker(fleet_env, "embeddings,simple", "w-embed", logs / "embed.log")
-    client = FleetClient(redis_url=redis_url, fleet=fleet, agent="rag-tester")
-    try:
-        end = time.monotonic() + 60
-        while not client._app.control.ping(timeout=0.5):
-            assert worker.poll() is None, "the worker died at start"
-            assert time.monotonic() < end, "the worker did not come up"
+    with client_with_worker(fleet_env, fleet, "embeddings,simple", "w-embed", logs / "embed.log",
+                            agent="rag-tester") as client:
         yield client
-    finally:
-        client.close()
-        stop_process(worker)
-        # The client's result waiter can leave an async Redis connection to the GC; collect
-        # it now, not during a later ast parse (CPython 3.11.7 then raises SystemError).
-        gc.collect()
 
 
 def test_a_5000_text_job_comes_back_in_order(client: FleetClient, sim: Any) -> None:
@@ -179,10 +165,6 @@ def test_the_demo_shows_the_saving(client: FleetClient, database_url: str, sim: 
     assert "retries" in text and "saving" in text and "%" in text
 
 
-@pytest.mark.skipif(
-    "EmbeddingCacheStep" not in inspect.getsource(
-        __import__("workers.runtime", fromlist=["x"]).WorkerRuntime._steps),
-    reason="EmbeddingCacheStep is not wired into WorkerRuntime._steps yet")
 def test_known_texts_cost_no_provider_call_through_workers(client: FleetClient,
                                                            sim: Any) -> None:
     # Given texts embedded once

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from schemas import (
 )
 from tasks import FleetClient
 from tasks.templates import render
-from tests.conftest import start_worker, stop_process, wait_until
+from tests.conftest import client_with_worker, wait_until
 from workers.db import sync_engine
 
 # -- rendering, no servers --------------------------------------------------
@@ -79,20 +78,12 @@ def test_a_syntax_error_is_typed() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(fleet_env: dict[str, str], fleet: FleetConfig, redis_url: str,
+def client(fleet_env: dict[str, str], fleet: FleetConfig,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetClient]:
     logs: Path = tmp_path_factory.mktemp("template-logs")
-    worker = start_worker(fleet_env, "simple", "w-templates", logs / "w.log")
-    client = FleetClient(redis_url=redis_url, fleet=fleet, agent="templater")
-    try:
-        end = time.monotonic() + 60
-        while not client._app.control.ping(timeout=0.5):
-            assert worker.poll() is None, "the worker died at start"
-            assert time.monotonic() < end, "the worker did not come up"
+    with client_with_worker(fleet_env, fleet, "simple", "w-templates", logs / "w.log",
+                            agent="templater") as client:
         yield client
-    finally:
-        client.close()
-        stop_process(worker)
 
 
 def test_the_client_puts_gets_lists_and_renders(client: FleetClient) -> None:
