@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,19 +37,10 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from bench._measure import log  # noqa: E402
+from bench._simulator import free_port  # noqa: E402
 from schemas import Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:

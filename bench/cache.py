@@ -17,7 +17,8 @@ simulator as its own process, one real worker process (``--concurrency`` threads
 3. The semantic cache: one lookup's time (HGETALL of a scope, a numpy matrix product) by
    scope size, and false hits on near-miss pairs with the simulator's embeddings.
 
-Self-contained on purpose: ``bench/throughput.py`` is the reference for Celery itself.
+The simulator process and the log line are shared with the other benchmarks
+(``bench/_simulator.py``, ``bench/_measure.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ if str(ROOT) not in sys.path:
 
 from celery import Celery  # noqa: E402
 
+from bench._measure import log  # noqa: E402
+from bench._simulator import sim_request, start_simulator  # noqa: E402
 from schemas import CacheConfig, CompletionJob, Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
@@ -53,20 +55,8 @@ JOB_TIMEOUT_S = 30.0
 PROVIDER_KEYS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
-
-
-def sim_call(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def workload(jobs: int, repeats: float, tag: str) -> list[str]:
@@ -117,26 +107,6 @@ def closed_loop(call: Any, jobs: int, threads: int) -> tuple[float, list[float],
 # -- the fleet ----------------------------------------------------------------------
 
 
-def start_simulator(sup: Supervisor, latency_ms: float) -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    sup.start("simulator", ["simulator", "--host", "127.0.0.1", "--port", str(port),
-                            "--latency-ms", str(latency_ms)])
-    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-    while True:
-        sup.check_alive()
-        try:
-            sim_call(base, "/_sim/config")
-            return base
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def one_setting(opts: argparse.Namespace, cache: bool, url: str, env: dict[str, str],
                 sim: str, log_dir: Path) -> dict[str, Any]:
     """The workload with the cache on or off, then (on) the hit latency."""
@@ -162,11 +132,11 @@ def one_setting(opts: argparse.Namespace, cache: bool, url: str, env: dict[str, 
             counts["hits"] += result.cache_hit
             counts["answered_at_submit"] += handle._result is not None
 
-        sim_call(sim, "/_sim/reset", {})
+        sim_request(sim, "/_sim/reset", {})
         seconds, latencies, errors = closed_loop(one, opts.jobs, opts.in_flight)
         figures: dict[str, Any] = {
             "jobs_per_s": round(len(latencies) / seconds, 1), "errors": errors,
-            "provider_calls": sim_call(sim, "/_sim/stats")["requests"], **counts,
+            "provider_calls": sim_request(sim, "/_sim/stats")["requests"], **counts,
             "job_p50_ms": round(percentile(latencies, 50), 2),
             "job_p99_ms": round(percentile(latencies, 99), 2)}
         if cache:

@@ -43,11 +43,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -73,6 +71,7 @@ from bench._measure import (  # noqa: E402
     round_trips,
 )
 from bench._noop_app import NOOP, QUEUE, make_app  # noqa: E402
+from bench._simulator import sim_request, start_simulator  # noqa: E402
 from schemas import CompletionResult, Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
@@ -151,38 +150,6 @@ def child_env(found: Services, tmp: Path, extra: dict[str, str]) -> dict[str, st
                PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def sim_request(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def start_simulator(sup: Supervisor, latency_ms: float, limit_s: float = 30) -> str:
-    port = free_port()
-    sup.start("simulator", ["simulator", "--host", "127.0.0.1", "--port", str(port),
-                            "--latency-ms", str(latency_ms)])
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + limit_s
-    while True:
-        sup.check_alive()
-        try:
-            sim_request(base, "/_sim/config")
-            return base
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the simulator did not answer on {base}") from None
-            time.sleep(0.1)
 
 
 def tail_logs(log_dir: Path, lines: int = 15) -> None:

@@ -57,8 +57,11 @@ def api_command(host: str, port: int, processes: int, log_level: str) -> None:
                     err=True)
     click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es)); "
                f"dashboard: http://{host}:{port}/dashboard", err=True)
+    from workers.api.protocol import NoDelayH11Protocol
+
     uvicorn.run("workers.api.app:create_app", factory=True, host=host, port=port,
-                workers=processes, log_level=log_level, timeout_graceful_shutdown=10)
+                workers=processes, log_level=log_level, timeout_graceful_shutdown=10,
+                http=NoDelayH11Protocol)
 
 
 @click.group("keys")
