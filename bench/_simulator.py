@@ -9,7 +9,7 @@ import time
 import urllib.request
 from typing import Any
 
-from workers.supervisor import Supervisor
+from workers.devstack.supervisor import Supervisor
 
 __all__ = ["free_port", "sim_request", "start_simulator"]
 

@@ -147,8 +147,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from workers.api.keys import create_key
-    from workers.db import migrate, sync_engine
-    from workers.embedded import ensure_stack, stop_stack
+    from workers.devstack.embedded import ensure_stack, stop_stack
+    from workers.store.engines import migrate, sync_engine
 
     data = Path(tempfile.mkdtemp(prefix="llmfleet-bench-api-"))
     info = ensure_stack(data, redis=True, postgres=True)
@@ -166,7 +166,7 @@ def main() -> None:
         procs.append(start(env, ["-m", "workers.cli", "worker", "--concurrency",
                                  str(args.concurrency), "--loglevel", "WARNING"],
                            data / "worker.log"))
-        procs.append(start(env, ["-c", "from workers.api.cli import api_command; "
+        procs.append(start(env, ["-c", "from workers.cli.api import api_command; "
                                  "api_command()", "--port", str(api_port), "--workers",
                                  str(args.api_workers)], data / "api.log"))
         api = f"http://127.0.0.1:{api_port}"

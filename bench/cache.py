@@ -49,7 +49,7 @@ from bench._simulator import sim_request, start_simulator  # noqa: E402
 from schemas import CacheConfig, CompletionJob, Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
-from workers.supervisor import Supervisor  # noqa: E402
+from workers.devstack.supervisor import Supervisor  # noqa: E402
 
 JOB_TIMEOUT_S = 30.0
 PROVIDER_KEYS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
@@ -170,11 +170,11 @@ def semantic_scan(url: str, sizes: tuple[int, ...]) -> dict[int, float]:
     """Median ms of one semantic lookup in a scope of each size (an instant embedder)."""
     import redis.asyncio as aioredis
 
-    from workers.attempts import Deadline
-    from workers.cache import ResponseCache
+    from workers.caching.response import ResponseCache
+    from workers.caching.semantic import DIMENSIONS, SemanticCache, pack
+    from workers.pipeline.attempts import Deadline
+    from workers.pipeline.steps import JobContext
     from workers.providers import Embeddings
-    from workers.semantic_cache import DIMENSIONS, SemanticCache, pack
-    from workers.steps import JobContext
 
     class Embedder:
         async def embed(self, request: Any) -> Embeddings:
@@ -230,8 +230,8 @@ ANTONYMS = [("Should the migration run before the deploy when a column is rename
 
 def false_hits(threshold: float) -> dict[str, str]:
     """Near misses matched, guarded as the cache does and by cosine alone."""
-    from workers.semantic_cache import DIMENSIONS, cosine, guard_of, pack, unpack
-    from workers.simulator._embeddings import embed
+    from workers.caching.semantic import DIMENSIONS, cosine, guard_of, pack, unpack
+    from workers.devstack.simulator._embeddings import embed
 
     def match(a: str, b: str, guarded: bool) -> bool:
         (ga, va), (gb, vb) = (unpack(pack(guard_of(t), embed(t, DIMENSIONS))) for t in (a, b))
@@ -250,7 +250,7 @@ def false_hits(threshold: float) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from workers.embedded import ensure_stack, stop_stack
+    from workers.devstack.embedded import ensure_stack, stop_stack
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     for name, kind, default in (("jobs", int, 3000), ("repeats", float, 0.55),
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"load average at start": os.getloadavg()[0]}
     try:
         info = ensure_stack(tmp)
-        from workers.db import migrate
+        from workers.store.engines import migrate
 
         migrate(info.database_url)
         env = {k: v for k, v in os.environ.items() if k not in PROVIDER_KEYS}

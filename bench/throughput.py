@@ -75,7 +75,7 @@ from bench._simulator import sim_request, start_simulator  # noqa: E402
 from schemas import CompletionResult, Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
-from workers.supervisor import Supervisor  # noqa: E402
+from workers.devstack.supervisor import Supervisor  # noqa: E402
 
 GOAL_BATCH_JOBS_S = 500.0
 GOAL_SINGLE_RATIO = 0.8
@@ -118,8 +118,8 @@ def services(tmp: Path, db: int) -> Iterator[Services]:
     """Redis: REDIS_URL with db ``db`` (flushed before and after, and only it), else an
     embedded one in ``tmp``. Postgres (the ledger): DATABASE_URL, else an embedded one
     in ``tmp``, migrated here. Embedded servers are stopped afterwards."""
-    from workers.db import migrate
-    from workers.embedded import ensure_stack, stop_stack
+    from workers.devstack.embedded import ensure_stack, stop_stack
+    from workers.store.engines import migrate
 
     external_redis, external_pg = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
     flush: redis.Redis | None = None
@@ -213,7 +213,7 @@ def check_ledger(settings: Settings, found: Services, agent: str, jobs: int) -> 
 
     from schemas.keys import LEDGER_SPOOL
     from schemas.tables import job_ledger
-    from workers.db import sync_engine
+    from workers.store.engines import sync_engine
 
     client = redis.Redis.from_url(found.redis_url)
     query = select(func.count()).select_from(job_ledger).where(job_ledger.c.agent == agent)

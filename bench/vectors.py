@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.vectors import Document, PgVectorStore
+from tasks.vectors import Document, PgVectorStore
 
 
 def make_data(kind: str, n: int, dims: int, seed: int) -> np.ndarray:
@@ -116,7 +116,7 @@ def main() -> None:
     url = os.environ.get("DATABASE_URL")
     tmp = None
     if not url:
-        from workers.embedded import ensure_stack
+        from workers.devstack.embedded import ensure_stack
 
         tmp = tempfile.mkdtemp(prefix="llmfleet-bench-vectors-")
         url = ensure_stack(Path(tmp), redis=False).database_url
@@ -125,7 +125,7 @@ def main() -> None:
             results = [run_set(store, kind, args) for kind in args.data.split(",")]
     finally:
         if tmp is not None:
-            from workers.embedded import stop_stack
+            from workers.devstack.embedded import stop_stack
 
             stop_stack(Path(tmp))
     report(results)

@@ -2,6 +2,8 @@
 
 from schemas.config import *  # noqa: F403
 from schemas.config import __all__ as _config_all
+from schemas.durations import *  # noqa: F403
+from schemas.durations import __all__ as _durations_all
 from schemas.errors import *  # noqa: F403
 from schemas.errors import __all__ as _errors_all
 from schemas.jobs import *  # noqa: F403
@@ -13,5 +15,5 @@ from schemas.outcome import __all__ as _outcome_all
 from schemas.settings import *  # noqa: F403
 from schemas.settings import __all__ as _settings_all
 
-__all__ = [*_config_all, *_errors_all, *_jobs_all, *_ledger_all, *_outcome_all,
+__all__ = [*_config_all, *_durations_all, *_errors_all, *_jobs_all, *_ledger_all, *_outcome_all,
            *_settings_all]

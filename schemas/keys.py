@@ -79,7 +79,7 @@ CACHE_WAKE = PREFIX + "cache:wake:{key}"
 #: bytes); expires CACHE_TTL_SECONDS after its last write.
 CACHE_SEMANTIC = PREFIX + "cache:semantic:{scope}"
 #: One text's embedding (little-endian float32 bytes) under the sha256 of (model,
-#: dimensions, text) (``workers.embed_cache``); expires CACHE_TTL_SECONDS after it was
+#: dimensions, text) (``workers.caching.embeddings``); expires CACHE_TTL_SECONDS after it was
 #: written, so that re-embedding a known text costs no provider call meanwhile.
 CACHE_EMBEDDING = PREFIX + "cache:embedding:{key}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from schemas.config import FleetConfig, load_fleet_config, parse_fleet_config
 from schemas.errors import ConfigError
 
-__all__ = ["Settings", "load_config"]
+__all__ = ["Settings", "load_config", "sqlalchemy_url"]
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -126,6 +126,16 @@ def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:
         for provider in data["providers"].values():
             provider["base_url"] = base + "/v1" if provider["kind"] == "openai" else base
     return parse_fleet_config(data, "fleet file with environment overrides")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A plain ``postgresql://`` URL rewritten to SQLAlchemy's psycopg 3 dialect."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"not a Postgres URL: {url!r}")
+    if "+" in scheme:
+        return url  # the caller already chose a driver
+    return f"postgresql+psycopg://{rest}"
 
 
 def load_config(settings: Settings | None = None) -> tuple[Settings, FleetConfig]:

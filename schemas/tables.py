@@ -1,5 +1,5 @@
 """The Postgres tables, as SQLAlchemy Core metadata. Declarations only: the migrations
-in ``workers/migrations`` create them, and ``workers.db`` talks to them."""
+in ``workers/migrations`` create them, and ``workers.store.engines`` talks to them."""
 
 from __future__ import annotations
 

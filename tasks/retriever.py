@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from schemas import ConfigError, JobValidationError, Settings, load_config
+from schemas.vectors import Document, Hit, VectorStore
 from tasks._discovery import STACK_FILE
 from tasks.client import FleetClient
-
-if TYPE_CHECKING:
-    from workers.vectors import Hit, VectorStore
 
 __all__ = ["ContextRetriever", "chunk_text"]
 
@@ -125,7 +123,7 @@ class ContextRetriever:
     @property
     def store(self) -> VectorStore:
         if self._store is None:
-            from workers.vectors import PgVectorStore
+            from tasks.vectors.pg import PgVectorStore
 
             settings = self._client.settings if self._client else load_config()[0]
             self._store = PgVectorStore(_database_url(settings))
@@ -141,8 +139,6 @@ class ContextRetriever:
     def add_documents(self, docs: Iterable[Mapping[str, Any]]) -> int:
         """Chunk, embed and upsert documents ({"id", "text", "metadata"?}); a document
         already stored has all its chunks replaced. Returns the chunks written."""
-        from workers.vectors import Document
-
         chunked: list[tuple[str, list[str], Mapping[str, Any]]] = []
         for index, doc in enumerate(docs):
             if "id" not in doc or not isinstance(doc.get("text"), str):

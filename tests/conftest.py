@@ -32,7 +32,7 @@ def services(data_dir: Path) -> Iterator[tuple[str, str | None]]:
     if redis_url and database_url:
         yield redis_url, database_url
         return
-    from workers.embedded import ensure_stack, stop_stack
+    from workers.devstack.embedded import ensure_stack, stop_stack
 
     info = ensure_stack(data_dir, redis=not redis_url, postgres=not database_url)
     try:
@@ -49,19 +49,19 @@ def redis_url(services: tuple[str, str | None]) -> str:
 @pytest.fixture(scope="session")
 def database_url(services: tuple[str, str | None]) -> Iterator[str]:
     """The session's Postgres, migrated."""
-    from workers.db import migrate
+    from workers.store.engines import migrate
 
     assert services[1] is not None
     migrate(services[1])
     yield services[1]
-    from workers.db import sync_engine
+    from workers.store.engines import sync_engine
 
     sync_engine(services[1]).dispose()
 
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[object]:
-    from workers.simulator import SimulatorConfig, SimulatorThread
+    from workers.devstack.simulator import SimulatorConfig, SimulatorThread
 
     with SimulatorThread(SimulatorConfig(latency_ms=0)) as sim:
         yield sim

@@ -20,7 +20,7 @@ from tasks.names import (
     PURGE_EXPIRED,
     ROLLUP_METRICS,
 )
-from workers.task_bodies import bind_tasks
+from workers.bodies.jobs import bind_tasks
 
 __all__ = ["create_app"]  # and ``app``, built on first access
 

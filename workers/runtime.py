@@ -21,17 +21,17 @@ import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
 
 from schemas import FleetConfig, Settings
-from workers.accounting import BudgetStep, LedgerStep, OnceStep
-from workers.attempts import AttemptRunner
-from workers.breaker import Breaker
-from workers.budgets import BudgetLedger
-from workers.cache_step import CacheStep
-from workers.db import async_engine
-from workers.embed_cache import EmbeddingCacheStep
-from workers.ledger import LedgerFlusher
-from workers.pipeline import Pipeline
+from workers.accounting.budgets import BudgetLedger
+from workers.accounting.flusher import LedgerFlusher
+from workers.accounting.steps import BudgetStep, LedgerStep, OnceStep
+from workers.caching.embeddings import EmbeddingCacheStep
+from workers.caching.step import CacheStep
+from workers.pipeline.attempts import AttemptRunner
+from workers.pipeline.breaker import Breaker
+from workers.pipeline.chain import Pipeline
+from workers.pipeline.steps import Step
 from workers.providers import Provider, build_providers
-from workers.steps import Step
+from workers.store.engines import async_engine
 
 __all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
 
@@ -139,7 +139,7 @@ def reset_runtime() -> None:
 
 def warm_up() -> None:
     """Build this process's runtime and load the tokenizer before the first job."""
-    from workers.pricing import count_tokens
+    from workers.pipeline.pricing import count_tokens
 
     get_runtime()
     count_tokens("warm up")

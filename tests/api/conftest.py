@@ -84,7 +84,7 @@ def api_url(api_env: dict[str, str], api_workers: None,
     port = free_port()
     log = (tmp_path_factory.mktemp("api-logs") / "api.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from workers.api.cli import api_command; api_command()",
+        [sys.executable, "-c", "from workers.cli.api import api_command; api_command()",
          "--port", str(port), "--workers", "2"], env=api_env, stdout=log,
         stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -106,7 +106,7 @@ def api_url(api_env: dict[str, str], api_workers: None,
 
 @pytest.fixture(scope="package")
 def engine(database_url: str) -> Engine:
-    from workers.db import sync_engine
+    from workers.store.engines import sync_engine
 
     return sync_engine(database_url)
 

@@ -12,10 +12,10 @@ import pytest
 from openai import OpenAI
 from sqlalchemy import func, select
 
+from schemas import parse_since
 from schemas.tables import job_ledger
 from tests.api.conftest import ADMIN_KEY
-from workers import reports
-from workers.cli_reports import parse_since
+from workers.accounting import reports
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 PAGES = ["overview", "metrics?time_range=1h", "metrics?time_range=7d&agent=api-tester",
@@ -120,7 +120,7 @@ def test_with_no_admin_key_the_admin_api_is_off(api_env: dict[str, str],
 
 def test_experiments_page_reports_the_fleets_experiments(http: httpx.Client,
                                                          engine: Any) -> None:
-    from workers import experiments_store
+    from workers.store import experiments as experiments_store
 
     # Given an experiment over two models
     name = f"api-exp-{uuid.uuid4().hex[:6]}"

@@ -18,9 +18,9 @@ from sqlalchemy import Engine, insert
 from schemas import BudgetConfig, FleetConfig
 from schemas.tables import job_ledger
 from tests.api.conftest import ADMIN_KEY
-from workers.alerts import Alerter
+from workers.accounting.alerts import Alerter
+from workers.accounting.periodic import enforce_budgets
 from workers.api import breakdowns
-from workers.periodic import enforce_budgets
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from workers.api.cli import keys_group
 from workers.api.keys import create_key, revoke_key
+from workers.cli.api import keys_group
 
 CHAT = {"model": "simple", "messages": [{"role": "user", "content": "hello"}]}
 

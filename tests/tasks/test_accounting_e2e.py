@@ -28,7 +28,7 @@ from tasks import FleetClient
 from tasks.client import JobHandle
 from tasks.names import COMPLETE, queue_for
 from tests.conftest import start_worker, stop_process, wait_until
-from workers.db import sync_engine
+from workers.store.engines import sync_engine
 
 RACE_LIMIT = 0.01
 
@@ -191,8 +191,8 @@ def test_a_postgres_outage_loses_no_row_and_counts_none_twice(
         pytest.skip("stops and restarts the embedded Postgres only")
     import redis
 
-    from workers.embedded import ensure_stack
-    from workers.embedded._postgres import stop_postgres
+    from workers.devstack.embedded import ensure_stack
+    from workers.devstack.embedded._postgres import stop_postgres
 
     # Given Postgres stops mid-run
     sync_engine(database_url).dispose()

@@ -21,7 +21,7 @@ from schemas import AllModelsFailedError, CompletionResult, FleetConfig, Setting
 from tasks import FleetClient
 from tasks.names import queue_for
 from tests.conftest import start_worker, stop_process, wait_until
-from workers.db import sync_engine
+from workers.store.engines import sync_engine
 
 
 @pytest.fixture(scope="module")

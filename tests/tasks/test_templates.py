@@ -21,7 +21,7 @@ from schemas import (
 from tasks import FleetClient
 from tasks.templates import render
 from tests.conftest import client_with_worker, wait_until
-from workers.db import sync_engine
+from workers.store.engines import sync_engine
 
 # -- rendering, no servers --------------------------------------------------
 

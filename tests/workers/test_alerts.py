@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from schemas import ConfigError
-from workers.alerts import Alert, Alerter
+from workers.accounting.alerts import Alert, Alerter
 
 SECRET = "T0KEN-xyzzy-SECRET"
 ALERT = Alert(budget="team-daily", period_start=dt.datetime(2031, 1, 1, tzinfo=dt.UTC),
@@ -106,7 +106,7 @@ def _free_port() -> int:
 
 
 def test_only_the_log_is_on_without_configuration(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.accounting.alerts"):
         outcome = Alerter.from_env({}).deliver(ALERT)
     assert outcome == {"log": "sent", "webhook": "off", "email": "off"}
     assert ALERT.message in caplog.text
@@ -129,7 +129,7 @@ def test_a_failing_webhook_is_retried_and_reported_without_its_url(
     webhook.status = 500
     alerter = Alerter.from_env({"LLMFLEET_ALERT_WEBHOOK_URL": webhook.url}, backoff_s=0.01)
     # When an alert is delivered
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.accounting.alerts"):
         outcome = alerter.deliver(ALERT)
     # Then three tries were made, the failure is reported, and nothing raised or leaked
     assert len(webhook.received) == 3
@@ -142,7 +142,7 @@ def test_a_failing_webhook_is_retried_and_reported_without_its_url(
 def test_an_unreachable_webhook_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://127.0.0.1:{_free_port()}/hooks/{SECRET}"
     alerter = Alerter.from_env({"LLMFLEET_ALERT_WEBHOOK_URL": url}, backoff_s=0)
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.accounting.alerts"):
         outcome = alerter.deliver(ALERT)
     assert outcome["webhook"].startswith("failed: ConnectError")
     assert SECRET not in json.dumps(outcome) and SECRET not in caplog.text
@@ -174,7 +174,7 @@ def test_a_failing_login_never_shows_the_password(smtp: Any,
            "LLMFLEET_SMTP_PASSWORD": SECRET}
     alerter = Alerter.from_env(env, backoff_s=0)
     # When an alert is delivered
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.accounting.alerts"):
         outcome = alerter.deliver(ALERT)
     # Then email failed, after three tries, without the password anywhere
     assert outcome["email"].startswith("failed: SMTPNotSupportedError")

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas import BreakerConfig
-from workers.breaker import Breaker, route_key
+from workers.pipeline.breaker import Breaker, route_key
 
 CONFIG = BreakerConfig(failure_threshold=5, window_s=30, cooldown_s=1)
 

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas import BudgetConfig, load_fleet_config
-from workers.budgets import BudgetLedger, covers, period_of
+from workers.accounting.budgets import BudgetLedger, covers, period_of
 
 
 @pytest.fixture()

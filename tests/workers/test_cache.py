@@ -34,11 +34,11 @@ from schemas import (
 )
 from schemas.cache_key import CachedAnswer, cache_key, effective_max_tokens
 from schemas.keys import CACHE_ENTRY, CACHE_LOCK, CACHE_LRU
-from workers.attempts import Deadline
-from workers.cache import ResponseCache
-from workers.cache_step import CacheStep
+from workers.caching.response import ResponseCache
+from workers.caching.step import CacheStep
+from workers.pipeline.attempts import Deadline
+from workers.pipeline.steps import JobContext, Result
 from workers.providers import build_providers
-from workers.steps import JobContext, Result
 
 FLEET = load_fleet_config()
 ON = Settings(cache_ttl_seconds=60, cache_max_size=10_000)

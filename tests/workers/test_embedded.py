@@ -20,11 +20,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from workers.embedded import (
+from schemas import sqlalchemy_url
+from workers.devstack.embedded import (
     StackInfo,
     default_data_dir,
     ensure_stack,
-    sqlalchemy_url,
     stack_status,
     stop_stack,
 )
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from workers.embedded import ensure_stack
+from workers.devstack.embedded import ensure_stack
 start_at = float(sys.argv[3])
 while time.time() < start_at:
     time.sleep(0.001)

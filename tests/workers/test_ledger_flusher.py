@@ -16,8 +16,8 @@ from sqlalchemy import Engine, select
 from schemas import JobStatus, LedgerRow
 from schemas.keys import LEDGER_FLUSH_LOCK, LEDGER_SPOOL
 from schemas.tables import experiment_outcomes, job_ledger
-from workers.db import async_engine, migrate, sync_engine
-from workers.ledger import LedgerFlusher
+from workers.accounting.flusher import LedgerFlusher
+from workers.store.engines import async_engine, migrate, sync_engine
 
 
 @pytest.fixture(scope="module")

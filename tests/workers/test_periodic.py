@@ -21,11 +21,11 @@ from sqlalchemy import Engine, delete, func, insert, select, text
 from schemas import FleetConfig, LedgerRow, load_fleet_config, parse_fleet_config
 from schemas.keys import LEDGER_SPOOL
 from schemas.tables import budget_alerts, job_ledger, metrics_rollup
-from workers.alerts import Alert, Alerter
-from workers.budgets import NANO, budget_key, period_of
-from workers.db import migrate, sync_engine
-from workers.periodic import enforce_budgets, purge_expired, rollup_metrics
-from workers.reports import budgets_state
+from workers.accounting.alerts import Alert, Alerter
+from workers.accounting.budgets import NANO, budget_key, period_of
+from workers.accounting.periodic import enforce_budgets, purge_expired, rollup_metrics
+from workers.accounting.reports import budgets_state
+from workers.store.engines import migrate, sync_engine
 
 UTC = dt.UTC
 NY = ZoneInfo("America/New_York")

@@ -26,10 +26,10 @@ from schemas import (
     ProviderBadRequestError,
     parse_fleet_config,
 )
-from workers.attempts import AttemptRunner
-from workers.breaker import Breaker
-from workers.pipeline import Pipeline
-from workers.pricing import estimate_prompt_tokens
+from workers.pipeline.attempts import AttemptRunner
+from workers.pipeline.breaker import Breaker
+from workers.pipeline.chain import Pipeline
+from workers.pipeline.pricing import estimate_prompt_tokens
 from workers.providers import build_providers
 
 

@@ -16,14 +16,14 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, delete, insert
 
-from schemas import FleetConfig, load_fleet_config, parse_fleet_config
+from schemas import FleetConfig, load_fleet_config, parse_fleet_config, parse_since
 from schemas.tables import job_ledger, metrics_rollup
-from workers.budgets import budget_key, period_of
-from workers.cli_reports import REPORT_COMMANDS, budgets, costs, parse_since, stats
-from workers.db import migrate, sync_engine
-from workers.reports import agent_stats, budgets_state
-from workers.reports import costs as cost_report
-from workers.reports import stats as stats_report
+from workers.accounting.budgets import budget_key, period_of
+from workers.accounting.reports import agent_stats, budgets_state
+from workers.accounting.reports import costs as cost_report
+from workers.accounting.reports import stats as stats_report
+from workers.cli.reports import REPORT_COMMANDS, budgets, costs, stats
+from workers.store.engines import migrate, sync_engine
 
 UTC = dt.UTC
 

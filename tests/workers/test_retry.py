@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from workers.retry import compute_backoff, parse_retry_after
+from workers.pipeline.retry import compute_backoff
+from workers.providers.errors import parse_retry_after
 
 
 def test_backoff_stays_within_the_exponential_ceiling() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 from schemas import CacheConfig, CompletionJob, FleetConfig
 from tests.workers.test_cache import Provider, job, run, steps, uid
-from workers.semantic_cache import DIMENSIONS, cosine, guard_of, pack, unpack
-from workers.simulator._embeddings import embed
+from workers.caching.semantic import DIMENSIONS, cosine, guard_of, pack, unpack
+from workers.devstack.simulator._embeddings import embed
 
 NEAR_MISS_TEMPLATES = [
     "Is {n} times 23 {neg}more than 300, {name}?",

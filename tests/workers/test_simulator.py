@@ -11,7 +11,7 @@ import httpx
 import pytest
 import tiktoken
 
-from workers.simulator import SimulatorConfig, SimulatorThread, count_prompt_tokens
+from workers.devstack.simulator import SimulatorConfig, SimulatorThread, count_prompt_tokens
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"

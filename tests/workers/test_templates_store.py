@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from sqlalchemy import Engine
 
 from schemas import TemplateError, TemplateNotFoundError, TemplateRenderError
-from workers import templates_store as store
-from workers.cli_templates import templates_group
-from workers.db import sync_engine
+from workers.cli.templates import templates_group
+from workers.store import templates as store
+from workers.store.engines import sync_engine
 
 
 @pytest.fixture()

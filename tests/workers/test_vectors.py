@@ -14,7 +14,7 @@ from psycopg import sql
 from sqlalchemy import text
 
 from schemas import PgvectorMissingError, VectorDimensionError, VectorStoreError
-from workers.vectors import Document, MemoryVectorStore, PgVectorStore, VectorStore
+from tasks.vectors import Document, MemoryVectorStore, PgVectorStore, VectorStore
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -193,7 +193,7 @@ def database_without_pgvector(database_url: str) -> Iterator[str]:
 
 def test_without_pgvector_the_fleet_migrates_and_only_the_store_refuses(
         database_without_pgvector: str) -> None:
-    from workers.db import migrate, sync_engine
+    from workers.store.engines import migrate, sync_engine
 
     # Given a database where pgvector cannot be created
     url = database_without_pgvector

@@ -1,7 +1,7 @@
 """``/api/admin/ml-ops``: the fleet's figures for operators, behind
 ``Authorization: Bearer $LLMFLEET_ADMIN_KEY``; ``/health`` is public. With no admin key
 set the admin routes answer 503 saying so (never open by default). Figures come from
-the ledger through ``workers.reports``, equal to ``llmfleet costs`` and ``stats``."""
+the ledger through ``workers.accounting.reports``, equal to ``llmfleet costs`` and ``stats``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from schemas import parse_since
 from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
-from workers import experiments_store, reports
+from workers.accounting import reports
 from workers.api import breakdowns, queries, sessions
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.state import ApiState, state_of
-from workers.cli_reports import parse_since
+from workers.store import experiments as experiments_store
 
 __all__ = ["admin_session", "health_report", "public_router", "require_admin", "router"]
 

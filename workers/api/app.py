@@ -27,7 +27,7 @@ from workers.api.keys import KeyVerifier
 from workers.api.metrics import metrics_router
 from workers.api.openai_routes import router as openai_router
 from workers.api.state import ApiState
-from workers.db import sync_engine
+from workers.store.engines import sync_engine
 
 __all__ = ["MAX_BODY_BYTES", "BodyLimit", "create_app"]
 
@@ -100,7 +100,7 @@ class BodyLimit:
 
 def _state(settings: Settings | None) -> ApiState:
     settings, fleet = load_config(settings)
-    from workers.services import resolve_services
+    from workers.devstack.services import resolve_services
 
     services = resolve_services(settings)
     assert services.database_url is not None

@@ -18,7 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from schemas import FleetConfig
 from schemas.tables import budget_alerts, job_ledger
-from workers import reports
+from workers.accounting import reports
 from workers.api.queries import TIME_RANGES
 
 __all__ = ["filter_options", "recent_alerts", "spend_page"]
@@ -95,7 +95,7 @@ def spend_page(engine: Engine, time_range: str, *, model: str | None = None,
 
 
 def recent_alerts(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
-    """The newest budget alerts (``workers.periodic`` records each one once), with
+    """The newest budget alerts (``workers.accounting.periodic`` records each one once), with
     what each channel made of it."""
     a = budget_alerts.c
     query = select(a.budget, a.level, a.period_start, a.spent_usd, a.limit_usd, a.message,

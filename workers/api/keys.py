@@ -23,12 +23,9 @@ from sqlalchemy import Engine, insert, select, update
 
 from schemas.tables import fleet_keys
 
-__all__ = ["FleetKey", "KeyVerifier", "create_key", "list_keys", "parse_duration",
-           "revoke_key"]
+__all__ = ["FleetKey", "KeyVerifier", "create_key", "list_keys", "revoke_key"]
 
 _KEY = re.compile(r"^lfk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
-_DURATION = re.compile(r"^(\d+)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +40,6 @@ class FleetKey:
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def parse_duration(value: str) -> dt.timedelta:
-    """"30d", "12h", "2w", "90m" as a timedelta."""
-    match = _DURATION.match(value.strip().lower())
-    if not match or int(match[1]) == 0:
-        raise ValueError(f"{value!r} is not a duration like 30d, 12h, 2w or 90m")
-    return dt.timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
 def create_key(engine: Engine, agent: str, user: str | None,

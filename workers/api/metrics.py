@@ -40,10 +40,10 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.tables import job_ledger, metrics_rollup
-from workers import reports
+from workers.accounting import reports
+from workers.accounting.flusher import spool_length_sync
 from workers.api import queries
 from workers.api.state import ApiState, state_of
-from workers.ledger import spool_length_sync
 
 __all__ = ["LATENCY_BUCKETS_S", "FleetCollector", "horizon", "metrics_router"]
 

@@ -1,4 +1,4 @@
-"""The figures the admin API adds to ``workers.reports``: filtered metrics with a time
+"""The figures the admin API adds to ``workers.accounting.reports``: filtered metrics with a time
 series, the costs page (every grouping, top spenders, a month-end projection), queue
 depths and workers. Ledger figures reuse ``reports.ledger_measures`` so that they equal
 ``llmfleet costs`` and ``llmfleet stats``. Sync: routes run these in a thread."""
@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from schemas import FleetConfig
 from schemas.tables import job_ledger
 from tasks.names import queue_for
-from workers import reports
+from workers.accounting import reports
 
 __all__ = ["TIME_RANGES", "costs_page", "fleet_queues", "metrics_page", "queue_depths",
            "start_of_day", "workers_per_queue"]

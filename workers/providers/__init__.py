@@ -14,9 +14,8 @@ from workers.providers.base import (
     Embeddings,
     EmbedRequest,
     Provider,
-    error_for_status,
-    redact,
 )
+from workers.providers.errors import error_for_status, redact
 from workers.providers.openai import OpenAIProvider
 
 __all__ = [

@@ -9,7 +9,6 @@ Retries and fallback are not a provider's business: the pipeline does them.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,21 +16,16 @@ from typing import Any, ClassVar
 import httpx
 
 from schemas import (
-    ContextLengthError,
     Message,
-    ModelNotFoundError,
-    ProviderAuthError,
-    ProviderBadRequestError,
     ProviderConfig,
     ProviderConnectionError,
     ProviderError,
-    ProviderOverloadedError,
     ProviderServerError,
     ProviderTimeoutError,
     RateLimitError,
     Usage,
 )
-from workers.retry import parse_retry_after
+from workers.providers.errors import error_for_status, parse_retry_after, redact
 
 __all__ = [
     "ChatRequest",
@@ -39,11 +33,8 @@ __all__ = [
     "EmbedRequest",
     "Embeddings",
     "Provider",
-    "error_for_status",
-    "redact",
 ]
 
-_KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{6,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,35 +69,6 @@ class EmbedRequest:
 class Embeddings:
     vectors: list[list[float]]
     usage: Usage | None
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` with every known secret and anything shaped like an API key masked."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _KEY_LIKE.sub(lambda m: m.group(1) + "-***", text)
-
-
-_CONTEXT_HINTS = ("context_length", "context length", "prompt is too long", "too many tokens")
-
-
-def error_for_status(status: int, message: str, code: str | None = None) -> type[ProviderError]:
-    """The error class for an HTTP status and the provider's own message and code."""
-    text = f"{code or ''} {message}".lower()
-    if status == 429:
-        return RateLimitError
-    if status in (503, 529):
-        return ProviderOverloadedError
-    if status >= 500 or status in (408, 409):
-        return ProviderServerError
-    if status in (401, 403):
-        return ProviderAuthError
-    if status == 404 or "model_not_found" in text:
-        return ModelNotFoundError
-    if status == 413 or any(hint in text for hint in _CONTEXT_HINTS):
-        return ContextLengthError
-    return ProviderBadRequestError
 
 
 class Provider(ABC):

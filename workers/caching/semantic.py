@@ -1,0 +1,214 @@
+"""The semantic cache: a miss of the exact cache served by a cached answer to a question
+that means the same, for the tiers that opt in (``[cache].semantic_tiers``).
+
+Only the last user message is compared by meaning; everything else must be equal (the
+model, max_tokens, sampling options and the conversation before it form the *scope*,
+hashed like an exact key), so a different system prompt never matches. Each scope is a
+Redis hash of exact cache key -> embedding (float32, ``DIMENSIONS`` wide), compared by
+brute force: entries with another guard (below) are skipped by a byte compare, the rest
+ranked by one numpy float32 matrix product (``bench/cache.py`` times it by scope size).
+A match returns the exact entry it points to, so TTL and LRU eviction govern both caches
+at once.
+
+Embeddings blur exactly the details that change an answer: another number, a negation.
+So a match also needs the same numbers, in order, and as many negations (a lexical
+guard); the threshold stays high. The embedding call is not retried and never fails a
+job: on any provider error the semantic lookup is skipped.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import math
+import operator
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas import EMBEDDINGS_TIER, CompletionJob, ConfigError, FleetConfig, ProviderError
+from schemas.cache_key import KEY_VERSION, CachedAnswer, canonical_hash
+from schemas.keys import CACHE_SEMANTIC
+from workers.caching.response import ResponseCache
+from workers.pipeline.steps import JobContext
+from workers.providers import EmbedRequest, Provider
+
+__all__ = ["DIMENSIONS", "SemanticCache", "closest", "cosine", "guard_of", "pack", "unpack"]
+
+log = logging.getLogger(__name__)
+
+#: Width of stored vectors (``dimensions`` sent with the embedding request).
+DIMENSIONS = 256
+#: The longest a job waits for its embedding before skipping the semantic lookup.
+EMBED_TIMEOUT_S = 5.0
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[a-z']+")
+#: A capitalised word of two letters or more that follows a word or a comma, not a
+#: sentence's end: a name, most of the time.
+_NAME = re.compile(r"(?<=[\w,;)'\"] )([A-Z][\w'-]+)")
+_NEGATIONS = frozenset({"not", "no", "never", "none", "nothing", "neither", "nor",
+                        "without", "cannot"})
+
+
+def guard_of(text: str) -> str:
+    """What must match exactly besides the meaning: the numbers in order, the count of
+    negations (``isn't`` counts as one), and the names: capitalised words not opening
+    a sentence (so a lower-cased repeat of a question with a name does not match)."""
+    words = _WORD.findall(text.lower())
+    negations = sum(w in _NEGATIONS or w.endswith("n't") for w in words)
+    names = sorted({m.group(1).lower() for m in _NAME.finditer(" ".join(text.split()))})
+    return " ".join(_NUMBER.findall(text)) + f"|{negations}|" + " ".join(names)
+
+
+def pack(guard: str, vector: list[float]) -> bytes:
+    """A stored entry: the guard, a newline, the unit vector as little-endian float32."""
+    norm = math.sqrt(math.fsum(x * x for x in vector)) or 1.0
+    floats = array.array("f", (x / norm for x in vector))
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return guard.encode() + b"\n" + floats.tobytes()
+
+
+def unpack(raw: bytes) -> tuple[str, array.array[float]]:
+    guard, _, data = raw.partition(b"\n")
+    floats = array.array("f")
+    floats.frombytes(data)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return guard.decode(), floats
+
+
+def cosine(a: array.array[float], b: array.array[float]) -> float:
+    """The cosine of two unit vectors (their dot product). ``sum``, not ``fsum``: float32
+    inputs gain nothing from exact rounding, and it is 1.5x faster."""
+    return sum(map(operator.mul, a, b)) if len(a) == len(b) else -1.0
+
+
+def closest(query: array.array[float], guard: str, stored: Mapping[Any, Any],
+            threshold: float) -> Any | None:
+    """The key of the stored vector closest to ``query`` among those with the same
+    guard, if its cosine reaches ``threshold``. The guard is compared first (a byte
+    prefix), then one float32 matrix product ranks what is left."""
+    prefix = guard.encode() + b"\n"
+    width = len(query) * 4
+    keys: list[Any] = []
+    blobs: list[bytes] = []
+    for key, raw in stored.items():
+        # bytes only: a client that decodes responses cannot carry vectors
+        if isinstance(raw, bytes) and raw.startswith(prefix) and len(raw) - len(prefix) == width:
+            keys.append(key)
+            blobs.append(raw[len(prefix):])
+    if not keys:
+        return None
+    matrix = numpy.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), len(query))
+    similarities = matrix @ numpy.asarray(query, dtype=numpy.float32)
+    best = int(numpy.argmax(similarities))
+    return keys[best] if similarities[best] >= threshold else None
+
+
+def _last_user_text(job: CompletionJob) -> str | None:
+    last = job.messages[-1]
+    return last.text if last.role == "user" and last.text.strip() else None
+
+
+class SemanticCache:
+    """Finds a cached answer by the meaning of the last user message."""
+
+    def __init__(self, redis: aioredis.Redis, fleet: FleetConfig,
+                 providers: Mapping[str, Provider], cache: ResponseCache, *,
+                 ttl_s: float, max_size: int) -> None:
+        config = fleet.cache
+        for tier in config.semantic_tiers:
+            if tier not in fleet.chat_tiers:
+                raise ConfigError(f"cache.semantic_tiers: {tier!r} is not a chat tier",
+                                  key="cache.semantic_tiers")
+        embedders = fleet.tiers.get(EMBEDDINGS_TIER)
+        model = config.semantic_model or (embedders.models[0] if embedders else None)
+        if model is None or model not in fleet.models:
+            raise ConfigError("cache.semantic_model: name an embeddings model of the fleet "
+                              "file, or define an embeddings tier", key="cache.semantic_model")
+        self._redis, self._cache = redis, cache
+        self._tiers = frozenset(config.semantic_tiers)
+        self._threshold = config.semantic_threshold
+        self._model, self._wire = model, fleet.models[model].wire_name or model
+        self._provider = providers[fleet.models[model].provider]
+        self._ttl_ms, self._max_size = max(1, round(ttl_s * 1000)), max_size
+
+    def _scope(self, ctx: JobContext) -> str:
+        job = ctx.job
+        assert isinstance(job, CompletionJob)
+        return CACHE_SEMANTIC.format(scope=canonical_hash({
+            "v": KEY_VERSION, "model": ctx.chain[0], "max_tokens": ctx.max_tokens,
+            "sampling": job.sampling(),
+            "before": [m.model_dump(mode="json", exclude_none=True) for m in job.messages[:-1]],
+        }))
+
+    async def _embed(self, ctx: JobContext) -> bytes | None:
+        """The job's packed query (guard and vector), once per job; None when the job is
+        not of an opted-in tier or the embedding failed."""
+        if "semantic_query" in ctx.state:
+            return ctx.state["semantic_query"]  # type: ignore[no-any-return]
+        assert isinstance(ctx.job, CompletionJob)
+        text = _last_user_text(ctx.job)
+        packed = None
+        if ctx.tier in self._tiers and text is not None:
+            request = EmbedRequest(model=self._model, wire_model=self._wire, texts=[text],
+                                   dimensions=DIMENSIONS)
+            try:
+                embeddings = await asyncio.wait_for(self._provider.embed(request),
+                                                    EMBED_TIMEOUT_S)
+                packed = pack(guard_of(text), embeddings.vectors[0])
+            except (ProviderError, TimeoutError, IndexError) as exc:
+                log.info("semantic lookup skipped: embedding failed (%s)", type(exc).__name__)
+        ctx.state["semantic_query"] = packed
+        return packed
+
+    async def find(self, ctx: JobContext) -> CachedAnswer | None:
+        """The cached answer of the closest question in scope, if close enough."""
+        packed = await self._embed(ctx)
+        if packed is None:
+            return None
+        guard, query = unpack(packed)
+        scope = self._scope(ctx)
+        try:
+            stored = await self._redis.hgetall(scope)
+        except RedisError:
+            return None
+        best_key = closest(query, guard, stored, self._threshold)
+        if best_key is None:
+            return None
+        key_text = best_key.decode() if isinstance(best_key, bytes) else str(best_key)
+        answer = await self._cache.get(key_text)
+        if answer is None:  # its entry expired or was evicted: forget the vector too
+            await self._forget(scope, key_text)
+        return answer
+
+    async def add(self, ctx: JobContext, key: str) -> None:
+        """Index the answer just stored under ``key`` by its question's meaning."""
+        packed = await self._embed(ctx)
+        if packed is None:
+            return
+        scope = self._scope(ctx)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(scope, key, packed)
+                pipe.pexpire(scope, self._ttl_ms)
+                pipe.hlen(scope)
+                *_, size = await pipe.execute()
+            if size > self._max_size:
+                extra = await self._redis.hrandfield(scope, size - self._max_size)
+                if extra:
+                    await self._redis.hdel(scope, *extra)
+        except RedisError as exc:
+            log.warning("semantic index not updated (%s)", type(exc).__name__)
+
+    async def _forget(self, scope: str, key: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self._redis.hdel(scope, key)

@@ -1,0 +1,107 @@
+"""The response cache as a pipeline step: after accounting, before budgets.
+
+There, a hit still leaves its ledger row (accounting sees the result, and the cost it
+saved in ``ctx.state["cost_saved_usd"]``), and reserves no budget: it spends nothing.
+On a miss the step coalesces identical jobs in flight (one provider call serves them
+all), calls on, and stores a whole answer of the chain's first model. The job's
+``cache`` field and the fleet's ``[cache]`` section decide what it may read and write
+(``schemas.cache_key.cache_mode``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+
+from schemas import CompletionJob, CompletionResult, ConfigError, FleetConfig, Settings
+from schemas.cache_key import CachedAnswer, cache_enabled, cache_key, cache_mode, is_cacheable
+from workers.caching.response import Coalescer, ResponseCache
+from workers.caching.semantic import SemanticCache
+from workers.pipeline.steps import Handler, JobContext, Result, Step
+from workers.providers import Provider
+
+__all__ = ["CacheStep"]
+
+log = logging.getLogger(__name__)
+
+
+class CacheStep(Step):
+    """Answer from the cache, or make one call for all identical jobs and keep it.
+
+    ``providers`` (the pipeline's) are needed only when ``[cache].semantic_tiers``
+    names tiers: the semantic lookup embeds through them.
+    """
+
+    def __init__(self, redis: aioredis.Redis, fleet: FleetConfig, settings: Settings,
+                 providers: Mapping[str, Provider] | None = None) -> None:
+        self._fleet = fleet
+        self._enabled = cache_enabled(settings)
+        self._cache = ResponseCache(redis, ttl_s=settings.cache_ttl_seconds,
+                                    max_size=settings.cache_max_size)
+        self._coalescer = Coalescer(redis)
+        self._semantic: SemanticCache | None = None
+        if fleet.cache.semantic_tiers and self._enabled:
+            if providers is None:
+                raise ConfigError("[cache].semantic_tiers needs the pipeline's providers",
+                                  key="cache.semantic_tiers")
+            self._semantic = SemanticCache(redis, fleet, providers, self._cache,
+                                           ttl_s=settings.cache_ttl_seconds,
+                                           max_size=settings.cache_max_size)
+
+    async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
+        job = ctx.job
+        if not isinstance(job, CompletionJob):
+            return await call_next(ctx)
+        mode = cache_mode(job, self._fleet.cache, self._enabled)
+        if mode == "skip":
+            return await call_next(ctx)
+        # The model the key names, taken now: a budget's downgrade, further in, may
+        # change the chain, and another model's answer is not this key's.
+        model = ctx.chain[0]
+        key = cache_key(model, job, ctx.max_tokens)
+        ctx.state["cache_key"] = key
+        if mode == "refresh":
+            return await self._call_and_store(ctx, call_next, key, model)
+        # One look finds the answer, or makes this job the one that calls for its key,
+        # or has it wait for the identical job that already is.
+        outcome = await self._coalescer.run(
+            key, lambda: self._lead(ctx, call_next, key, model),
+            timeout=self._wait_limit(ctx))
+        return self._hit(ctx, outcome) if isinstance(outcome, CachedAnswer) else outcome
+
+    async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
+                    model: str) -> CompletionResult | CachedAnswer:
+        """The job holding the key's lock: look by meaning (here, so that a burst of
+        identical jobs embeds its question once), else call and store."""
+        if self._semantic is not None:
+            answer = await self._semantic.find(ctx)
+            if answer is not None:
+                return answer
+        return await self._call_and_store(ctx, call_next, key, model)
+
+    async def _call_and_store(self, ctx: JobContext, call_next: Handler, key: str,
+                              model: str) -> CompletionResult:
+        result = await call_next(ctx)
+        assert isinstance(result, CompletionResult)
+        if is_cacheable(result, model):
+            await self._cache.put(key, CachedAnswer.of(result))
+            if self._semantic is not None:
+                await self._semantic.add(ctx, key)
+        return result
+
+    def _hit(self, ctx: JobContext, answer: CachedAnswer) -> CompletionResult:
+        assert isinstance(ctx.job, CompletionJob)
+        ctx.state["cost_saved_usd"] = answer.cost_usd
+        return answer.result_for(ctx.job, ctx.tier)
+
+    def _wait_limit(self, ctx: JobContext) -> float:
+        """Wait for an identical job no longer than the fleet allows, nor past the
+        job's own deadline (then the job calls on and its deadline decides)."""
+        limit = self._fleet.cache.coalesce_timeout_s
+        left = ctx.deadline.remaining()
+        return limit if left is None else max(0.0, min(limit, left))
+
+    async def close(self) -> None:
+        await self._coalescer.close()

@@ -1,0 +1,129 @@
+"""``llmfleet api`` and ``llmfleet keys``: serve the HTTP API; make, list and revoke the
+fleet keys its callers present. Registered on the main group by ``workers.cli``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import click
+
+from schemas import load_config
+
+__all__ = ["api_command", "keys_group"]
+
+log = logging.getLogger(__name__)
+
+
+def _engine() -> Any:
+    """The ledger's engine (migrated: ``keys`` works on a fresh embedded database too)."""
+    from workers.devstack.services import export_service_env, resolve_services
+    from workers.store.engines import migrate, sync_engine
+
+    settings, _ = load_config()
+    services = resolve_services(settings)
+    export_service_env(services)
+    assert services.database_url is not None
+    migrate(services.database_url)
+    return sync_engine(services.database_url)
+
+
+@click.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", "processes", default=1, show_default=True,
+              type=click.IntRange(1, 64), help="API processes (each serves many requests).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def api_command(host: str, port: int, processes: int, log_level: str) -> None:
+    """Serve the HTTP API: /v1 (OpenAI wire format, fleet keys), /api/admin/ml-ops
+    (LLMFLEET_ADMIN_KEY), the /dashboard page and /metrics (Prometheus)."""
+    import os
+
+    import uvicorn
+
+    from workers.devstack.services import export_service_env, resolve_services
+    from workers.store.engines import require_migrated
+
+    settings, _ = load_config()
+    services = resolve_services(settings)
+    export_service_env(services)  # every uvicorn process joins the same servers
+    assert services.database_url is not None
+    if not require_migrated(services.database_url):
+        raise click.ClickException("Postgres is unreachable: fleet keys cannot be checked")
+    if not os.environ.get("LLMFLEET_ADMIN_KEY"):
+        click.secho("LLMFLEET_ADMIN_KEY is not set: the admin API is off", fg="yellow",
+                    err=True)
+    click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es)); "
+               f"dashboard: http://{host}:{port}/dashboard", err=True)
+    from workers.api.protocol import NoDelayH11Protocol
+
+    uvicorn.run("workers.api.app:create_app", factory=True, host=host, port=port,
+                workers=processes, log_level=log_level, timeout_graceful_shutdown=10,
+                http=NoDelayH11Protocol)
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Fleet keys of the HTTP API: each names the agent and user budgets see."""
+
+
+@keys_group.command("create")
+@click.option("--agent", required=True, help="The agent the ledger and budgets see.")
+@click.option("--user", default=None, help="The user the ledger and budgets see.")
+@click.option("--expires", default=None, help="Lifetime such as 30d, 12h, 2w (default: none).")
+@click.option("--json", "as_json", is_flag=True)
+def create(agent: str, user: str | None, expires: str | None, as_json: bool) -> None:
+    """Make a key. It is printed once: only its hash is stored."""
+    from pydantic import ValidationError
+
+    from schemas import CompletionJob, parse_duration, validation_error
+    from workers.api.keys import create_key
+
+    try:  # the names must be ones a job may carry
+        CompletionJob.model_validate({"messages": [{"role": "user", "content": "x"}],
+                                      "agent": agent, "user": user})
+    except ValidationError as exc:
+        raise click.BadParameter(str(validation_error(exc))) from None
+    try:
+        lifetime = parse_duration(expires) if expires else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
+    key_id, key = create_key(_engine(), agent, user, lifetime)
+    if as_json:
+        click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user}))
+        return
+    click.echo(key)
+    click.secho(f"key id {key_id} for agent {agent!r}, user {user!r}"
+                f"{f', expires in {expires}' if expires else ''}. Keep the key: it is not "
+                "shown again.", fg="cyan", err=True)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_command(as_json: bool) -> None:
+    """Every key's id, agent, user, dates and state (never the key)."""
+    from workers.api.keys import list_keys
+
+    rows = list_keys(_engine())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        click.echo(f"{row['key_id']}  {state:8} agent={row['agent']} "
+                   f"user={row['user_id'] or '-'} created={row['created_at']:%Y-%m-%d} "
+                   f"expires={expires}")
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+def revoke(key_id: str) -> None:
+    """Revoke a key by its id; API processes stop accepting it within seconds."""
+    from workers.api.keys import revoke_key
+
+    if not revoke_key(_engine(), key_id):
+        raise click.ClickException(f"no active key with id {key_id!r}")
+    click.echo(f"revoked {key_id}")

@@ -1,0 +1,101 @@
+"""Tries of one model: the one place where retries and their backoff are applied."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from schemas import Attempt, JobTimeoutError, ProviderError, RateLimitError, RetryConfig
+from workers.pipeline.breaker import Breaker, route_key
+from workers.pipeline.retry import compute_backoff
+
+__all__ = ["AttemptRunner", "Deadline"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The epoch second after which nobody waits for the job any more (None: no limit)."""
+
+    at: float | None
+    job_id: str = ""
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - time.time()
+
+    def check(self) -> None:
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise JobTimeoutError(f"job {self.job_id} passed its timeout before it finished",
+                                  job_id=self.job_id)
+
+
+@dataclass
+class AttemptRunner:
+    """Calls one model until it answers, its error is not worth retrying, or retries
+    run out. Every call is appended to ``log``."""
+
+    retry: RetryConfig
+    breaker: Breaker
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def run(self, call: Callable[[], Awaitable[T]], *, model: str, provider: str,
+                  max_retries: int, deadline: Deadline, log: list[Attempt]) -> T:
+        route = route_key(provider, model)
+        for attempt in range(1, max_retries + 2):
+            deadline.check()
+            started = time.perf_counter()
+            try:
+                value = await self._bounded(call, deadline)
+            except ProviderError as exc:
+                log.append(Attempt(model=model, provider=provider, ok=False,
+                                   latency_ms=_ms_since(started), status_code=exc.status_code,
+                                   error=type(exc).__name__))
+                if exc.retryable:
+                    await self.breaker.record_failure(route)
+                delay = self._delay(exc, attempt, max_retries, deadline)
+                if delay is None:
+                    raise
+                await self.sleep(delay)
+                continue
+            log.append(Attempt(model=model, provider=provider, ok=True,
+                               latency_ms=_ms_since(started), status_code=200))
+            await self.breaker.record_success(route)
+            return value
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
+        left = deadline.remaining()
+        if left is None:
+            return await call()
+        try:
+            return await asyncio.wait_for(call(), timeout=max(left, 0.001))
+        except TimeoutError:
+            deadline.check()
+            raise
+
+    def _delay(self, exc: ProviderError, attempt: int, max_retries: int,
+               deadline: Deadline) -> float | None:
+        """Seconds before the next try, or None to give this model up."""
+        if not exc.retryable or attempt > max_retries:
+            return None
+        delay = compute_backoff(attempt, base=self.retry.backoff_base_s,
+                                cap=self.retry.backoff_max_s, rng=self.rng)
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            if exc.retry_after > self.retry.retry_after_max_s:
+                return None  # the provider asks for longer than we wait: next model
+            delay = max(delay, float(exc.retry_after))
+        left = deadline.remaining()
+        if left is not None and delay >= left:
+            return None
+        return delay
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,182 @@
+"""The job pipeline: route, walk the tier's model chain, call, price, answer.
+
+Callable without Celery: ``await pipeline.complete(job)``. The job's context goes through
+the steps (``workers.pipeline.steps``) and, at the core, ``_complete_chain`` -> ``_walk_chain`` ->
+``AttemptRunner.run`` -> ``Provider.complete``.
+A model is skipped when its context window cannot hold the request or its provider is
+cooling down; a failed model hands over to the next when its error is one another model
+can avoid (``ProviderError.fallback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from schemas import (
+    AllModelsFailedError,
+    Attempt,
+    CompletionJob,
+    CompletionResult,
+    ContextLengthError,
+    EmbeddingJob,
+    EmbeddingResult,
+    FleetConfig,
+    ProviderError,
+    Usage,
+)
+from workers.pipeline.attempts import AttemptRunner, Deadline
+from workers.pipeline.breaker import Breaker, route_key
+from workers.pipeline.pricing import cost_of, count_tokens, estimate_prompt_tokens
+from workers.pipeline.steps import JobContext, Step, compose
+from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
+
+__all__ = ["Pipeline"]
+
+T = TypeVar("T")
+ModelCall = Callable[[str, Provider], Awaitable[T]]
+
+
+class Pipeline:
+    """Route a job, run it through the steps, and at the core walk its model chain."""
+
+    def __init__(self, fleet: FleetConfig, providers: dict[str, Provider],
+                 breaker: Breaker, runner: AttemptRunner, steps: Sequence[Step] = ()) -> None:
+        self.fleet = fleet
+        self.providers = providers
+        self.breaker = breaker
+        self.runner = runner
+        self.steps = list(steps)
+        self._complete = compose(self.steps, self._complete_chain)
+        self._embed = compose(self.steps, self._embed_chain)
+
+    def context(self, job: CompletionJob | EmbeddingJob) -> JobContext:
+        """Route the job and count its prompt: what every step needs to know."""
+        if isinstance(job, CompletionJob):
+            tier = self.fleet.route(job.tier, job.model)
+            max_tokens = (job.max_tokens or self.fleet.tiers[tier].default_max_tokens
+                          or self.fleet.default_max_tokens)
+            prompt_tokens = estimate_prompt_tokens(job.messages)
+            fallback = job.fallback
+        else:
+            tier = self.fleet.route(job.tier, job.model, embedding=True)
+            max_tokens, prompt_tokens, fallback = 0, sum(map(count_tokens, job.texts)), True
+        chain = self.fleet.chain(tier, job.model)
+        # The fleet's time limit runs from now; the job's own timeout from its submission.
+        at = time.time() + self.fleet.job_time_limit_s
+        if job.timeout is not None:
+            at = min(at, job.submitted_at + job.timeout)
+        return JobContext(job=job, fleet=self.fleet, tier=tier,
+                          chain=chain if fallback else chain[:1], prompt_tokens=prompt_tokens,
+                          max_tokens=max_tokens, deadline=Deadline(at=at, job_id=job.job_id))
+
+    async def run(self, ctx: JobContext) -> CompletionResult | EmbeddingResult:
+        """Run a routed job through the steps and the provider chain."""
+        return await (self._complete if ctx.is_completion else self._embed)(ctx)
+
+    async def complete(self, job: CompletionJob) -> CompletionResult:
+        result = await self.run(self.context(job))
+        assert isinstance(result, CompletionResult)
+        return result
+
+    async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
+        result = await self.run(self.context(job))
+        assert isinstance(result, EmbeddingResult)
+        return result
+
+    async def close(self) -> None:
+        for step in self.steps:
+            await step.close()
+
+    # -- the innermost layer: providers --------------------------------------
+
+    async def _complete_chain(self, ctx: JobContext) -> CompletionResult:
+        job = ctx.job
+        assert isinstance(job, CompletionJob)
+
+        async def call(model: str, provider: Provider) -> Completion:
+            cfg = self.fleet.models[model]
+            if ctx.prompt_tokens + ctx.max_tokens > cfg.context_window:
+                raise ContextLengthError(
+                    f"{model}: {ctx.prompt_tokens} prompt + {ctx.max_tokens} output tokens "
+                    f"exceed its context window of {cfg.context_window}", model=model,
+                    provider=provider.name)
+            request = ChatRequest(model=model, wire_model=cfg.wire_name or model,
+                                  messages=job.messages, max_tokens=ctx.max_tokens,
+                                  sampling=job.sampling())
+            return await self.runner.run(lambda: provider.complete(request), model=model,
+                                         provider=provider.name, deadline=ctx.deadline,
+                                         max_retries=self.fleet.max_retries(ctx.tier),
+                                         log=ctx.log)
+
+        model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
+        usage = completion.usage or Usage(prompt_tokens=ctx.prompt_tokens,
+                                          completion_tokens=count_tokens(completion.content),
+                                          estimated=True)
+        return CompletionResult(
+            job_id=job.job_id, content=completion.content, finish_reason=completion.finish_reason,
+            model=model, provider=self.fleet.models[model].provider, tier=ctx.tier,
+            requested_model=job.model, agent=job.agent, user=job.user, usage=usage,
+            cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
+            fallback_used=model != ctx.chain[0], attempt_log=ctx.log)
+
+    async def _embed_chain(self, ctx: JobContext) -> EmbeddingResult:
+        job = ctx.job
+        assert isinstance(job, EmbeddingJob)
+
+        async def call(model: str, provider: Provider) -> Embeddings:
+            cfg = self.fleet.models[model]
+            size = provider.config.max_batch_inputs
+            batches = [job.texts[i:i + size] for i in range(0, len(job.texts), size)]
+
+            async def one(texts: list[str]) -> Embeddings:
+                request = EmbedRequest(model=model, wire_model=cfg.wire_name or model,
+                                       texts=texts, dimensions=job.dimensions)
+                return await self.runner.run(lambda: provider.embed(request), model=model,
+                                             provider=provider.name, deadline=ctx.deadline,
+                                             max_retries=self.fleet.max_retries(ctx.tier),
+                                             log=ctx.log)
+
+            parts = await asyncio.gather(*(one(b) for b in batches))
+            known = [p.usage for p in parts if p.usage is not None]
+            usage = (Usage(prompt_tokens=sum(u.prompt_tokens for u in known))
+                     if len(known) == len(parts) else
+                     Usage(prompt_tokens=ctx.prompt_tokens, estimated=True))
+            return Embeddings(vectors=[v for p in parts for v in p.vectors], usage=usage)
+
+        model, embeddings = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
+        usage = embeddings.usage or Usage()
+        return EmbeddingResult(
+            job_id=job.job_id, vectors=embeddings.vectors,
+            dimensions=len(embeddings.vectors[0]) if embeddings.vectors else 0, model=model,
+            provider=self.fleet.models[model].provider, tier=ctx.tier, requested_model=job.model,
+            agent=job.agent, user=job.user, usage=usage,
+            cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
+            fallback_used=model != ctx.chain[0], attempt_log=ctx.log)
+
+    # -- the chain ---------------------------------------------------------
+
+    async def _walk_chain(self, chain: list[str], tier: str, call: ModelCall[T],
+                          log: list[Attempt]) -> tuple[str, T]:
+        """The first model of ``chain`` that answers, and its answer."""
+        errors: list[str] = []
+        for model in chain:
+            provider = self.providers[self.fleet.models[model].provider]
+            if await self.breaker.is_open(route_key(provider.name, model)):
+                errors.append(f"{model}: cooling down after repeated failures")
+                continue
+            try:
+                return model, await call(model, provider)
+            except ProviderError as exc:
+                if not exc.fallback:
+                    raise
+                errors.append(f"{model}: {type(exc).__name__}")
+        raise AllModelsFailedError(
+            f"every model of tier {tier!r} failed: " + "; ".join(errors), tier=tier,
+            attempts=[a.model_dump(mode="json") for a in log])
+
+
+def _latency(job: CompletionJob | EmbeddingJob) -> float:
+    return round(max(0.0, time.time() - job.submitted_at) * 1000, 3)
