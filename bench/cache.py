@@ -172,7 +172,7 @@ def semantic_scan(url: str, sizes: tuple[int, ...]) -> dict[int, float]:
 
     from workers.caching.response import ResponseCache
     from workers.caching.semantic import DIMENSIONS, SemanticCache, pack
-    from workers.pipeline.attempts import Deadline
+    from workers.pipeline.deadline import Deadline
     from workers.pipeline.steps import JobContext
     from workers.providers import Embeddings
 
@@ -201,9 +201,8 @@ def semantic_scan(url: str, sizes: tuple[int, ...]) -> dict[int, float]:
             await client.hset(scope, mapping=rows)  # type: ignore[arg-type]
             times = []
             for _ in range(15):
-                ctx.state.clear()
                 started = time.perf_counter()
-                await semantic.find(ctx)
+                await semantic.find(ctx, await semantic.query(ctx))
                 times.append((time.perf_counter() - started) * 1000)
             await client.delete(scope)
             return round(statistics.median(times), 2)

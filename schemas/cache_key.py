@@ -32,6 +32,7 @@ __all__ = [
     "cache_mode",
     "canonical_hash",
     "effective_max_tokens",
+    "entry_lookup_lua",
     "is_cacheable",
 ]
 
@@ -41,19 +42,26 @@ KEY_VERSION = 1
 
 CacheMode = Literal["use", "skip", "refresh"]
 
-#: Read an entry and mark it used. KEYS: the entry, the LRU index. Returns the entry
-#: or nil; a miss drops the key from the index (it expired). The Redis clock scores
-#: the index, so workers and agents on machines with skewed clocks agree.
-LOOKUP_LUA = """
-local value = redis.call('GET', KEYS[1])
-if value then
+def entry_lookup_lua(entry: str, index: str) -> str:
+    """Lua that reads the cache entry at ``entry`` into ``found`` (a local the caller
+    declares) and marks it used in
+    the LRU ``index`` (both key expressions, such as ``KEYS[1]``); a miss drops the key
+    from the index (it expired). The Redis clock scores the index, so workers and agents
+    on machines with skewed clocks agree. Every lookup script embeds this one."""
+    return f"""
+found = redis.call('GET', {entry})
+if found then
   local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000), KEYS[1])
+  redis.call('ZADD', {index}, t[1] * 1000 + math.floor(t[2] / 1000), {entry})
 else
-  redis.call('ZREM', KEYS[2], KEYS[1])
+  redis.call('ZREM', {index}, {entry})
 end
-return value
 """
+
+
+#: Read an entry and mark it used. KEYS: the entry, the LRU index. Returns the entry
+#: or nil.
+LOOKUP_LUA = "local found" + entry_lookup_lua("KEYS[1]", "KEYS[2]") + "return found\n"
 
 #: Finish reasons whose answer is not the whole answer: never cached.
 _INCOMPLETE = frozenset({"length", "content_filter"})

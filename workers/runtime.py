@@ -21,9 +21,11 @@ import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
 
 from schemas import FleetConfig, Settings
+from workers.accounting.budget_step import BudgetStep
 from workers.accounting.budgets import BudgetLedger
 from workers.accounting.flusher import LedgerFlusher
-from workers.accounting.steps import BudgetStep, LedgerStep, OnceStep
+from workers.accounting.ledger import LedgerStep
+from workers.accounting.once import OnceStep
 from workers.caching.embeddings import EmbeddingCacheStep
 from workers.caching.step import CacheStep
 from workers.pipeline.attempts import AttemptRunner

@@ -36,7 +36,7 @@ from schemas.cache_key import CachedAnswer, cache_key, effective_max_tokens
 from schemas.keys import CACHE_ENTRY, CACHE_LOCK, CACHE_LRU
 from workers.caching.response import ResponseCache
 from workers.caching.step import CacheStep
-from workers.pipeline.attempts import Deadline
+from workers.pipeline.deadline import Deadline
 from workers.pipeline.steps import JobContext, Result
 from workers.providers import build_providers
 
@@ -218,7 +218,7 @@ def test_a_hit_answers_without_calling_on_and_records_what_it_saved(redis_url: s
             assert (hit.job_id, hit.agent, hit.user, hit.tier) == (
                 again.job_id, "planner", "u2", "simple")
             assert hit.cache_hit and hit.cost_usd == 0 and hit.attempts == 0
-            assert ctx.state["cost_saved_usd"] == 0.25
+            assert ctx.cost_saved_usd == 0.25
 
     asyncio.run(scenario())
 

@@ -1,7 +1,6 @@
-"""The ledger's way to Postgres: a durable spool in Redis, drained in batches.
+"""The ledger's way to Postgres: the spool in Redis (``workers.accounting.spool``),
+drained in batches.
 
-Every finished job appends its row to ``LEDGER_SPOOL`` (one RPUSH, about a tenth of a
-millisecond), so a job never waits on Postgres and a Postgres outage loses nothing:
 Redis keeps the rows (append-only file) until Postgres is back. One flusher at a time,
 fleet-wide (``LEDGER_FLUSH_LOCK``), reads a batch from the head, inserts it with
 ``ON CONFLICT (job_id) DO NOTHING`` and only then trims it: a flusher killed between
@@ -27,7 +26,7 @@ from schemas import LedgerRow
 from schemas.keys import LEDGER_FLUSH_LOCK, LEDGER_SPOOL
 from schemas.tables import experiment_outcomes, job_ledger
 
-__all__ = ["LedgerFlusher", "spool_row"]
+__all__ = ["LedgerFlusher"]
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-async def spool_row(redis: aioredis.Redis, row: LedgerRow) -> None:
-    """Append a job's row to the spool; a Redis failure is logged, never raised."""
-    try:
-        await redis.rpush(LEDGER_SPOOL, row.model_dump_json())
-    except RedisError:
-        log.error("ledger row of job %s could not be spooled", row.job_id)
 
 
 def _decode(raw: bytes | str) -> dict[str, Any] | None:
@@ -144,10 +135,3 @@ class LedgerFlusher:
             log.warning("Postgres is back: writing the spooled ledger rows")
             self._down_since = None
         return True
-
-
-def spool_length_sync(raw_redis: Any) -> int:
-    """Rows waiting in the spool (for reports and health)."""
-    return int(raw_redis.llen(LEDGER_SPOOL))
-
-

@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.tables import job_ledger, metrics_rollup
 from workers.accounting import reports
-from workers.accounting.flusher import spool_length_sync
+from workers.accounting.spool import spool_length
 from workers.api import queries
 from workers.api.state import ApiState, state_of
 
@@ -184,7 +184,7 @@ class FleetCollector(Collector):
         yield depth
         yield GaugeMetricFamily("llmfleet_ledger_spool_rows",
                                 "Ledger rows waiting in Redis for Postgres.",
-                                value=spool_length_sync(state.redis))
+                                value=spool_length(state.redis))
         spend = GaugeMetricFamily("llmfleet_budget_spend_usd", "Spend in the budget's "
                                   "current period.", labels=["budget", "period", "scope"])
         limit = GaugeMetricFamily("llmfleet_budget_limit_usd", "The budget's limit.",

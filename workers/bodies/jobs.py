@@ -41,8 +41,8 @@ from tasks.names import (
 )
 from workers.accounting import periodic, reports
 from workers.accounting.alerts import Alerter
-from workers.accounting.flusher import spool_row
-from workers.accounting.steps import rejected_row
+from workers.accounting.ledger import rejected_row
+from workers.accounting.spool import spool_row
 from workers.bodies.experiments import EXPERIMENT_BODIES
 from workers.bodies.templates import TEMPLATE_BODIES
 from workers.runtime import WorkerRuntime, get_runtime

@@ -3,17 +3,14 @@
 An embedding depends only on (model, dimensions, text), so each text is cached on its
 own: a job that re-embeds known texts (a re-indexed document, a repeated query) pays
 only for the texts never seen. One MGET per job finds the hits; only the misses go on
-to the budget and the provider (``ctx.job`` becomes a copy holding them), and the
+to the budget and the provider (in a narrowed copy of the context), and the
 vectors are put back in the order of the job's texts. Usage and cost are the misses'.
 """
 
 from __future__ import annotations
 
-import array
 import hashlib
 import logging
-import sys
-from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -21,6 +18,7 @@ from redis.exceptions import RedisError
 from schemas import EmbeddingJob, EmbeddingResult, Settings, Usage
 from schemas.cache_key import cache_enabled
 from schemas.keys import CACHE_EMBEDDING
+from workers.caching.float32 import from_float32, to_float32
 from workers.pipeline.pricing import cost_of, count_tokens
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 
@@ -37,21 +35,6 @@ def embedding_key(model: str, dimensions: int | None, text: str) -> str:
     return CACHE_EMBEDDING.format(key=digest)
 
 
-def _pack(vector: Sequence[float]) -> bytes:
-    packed = array.array("f", vector)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def _unpack(data: bytes) -> list[float]:
-    packed = array.array("f")
-    packed.frombytes(data)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return packed.tolist()
-
-
 class EmbeddingCacheStep(Step):
     """Answer known texts from Redis; send only the others on."""
 
@@ -64,26 +47,23 @@ class EmbeddingCacheStep(Step):
         job = ctx.job
         if ctx.is_completion or not self._enabled or not isinstance(job, EmbeddingJob):
             return await call_next(ctx)
-        # The key names the chain's first model, taken now (as the response cache does):
-        # a vector of another model lives in another space and must not be mixed in.
-        model = ctx.chain[0]
+        # A vector of another model lives in another space: keys name the primary model.
+        model = ctx.primary_model
         keys = [embedding_key(model, job.dimensions, t) for t in job.texts]
         found = await self._lookup(keys)
         missing = [i for i, v in enumerate(found) if v is None]
         hits = len(job.texts) - len(missing)
-        ctx.state["cost_saved_usd"] = cost_of(ctx.fleet.models[model], Usage(
+        ctx.cost_saved_usd = cost_of(ctx.fleet.models[model], Usage(
             prompt_tokens=sum(count_tokens(t) for t, v in zip(job.texts, found, strict=True)
                               if v is not None)))
         if not missing:
             return self._all_hits(ctx, job, model, found)
+        inner = ctx
         if hits:
             texts = [job.texts[i] for i in missing]
-            ctx.job = job.model_copy(update={"texts": texts})
-            ctx.prompt_tokens = sum(map(count_tokens, texts))
-        try:
-            result = await call_next(ctx)
-        finally:
-            ctx.job = job
+            inner = ctx.narrowed(job=job.model_copy(update={"texts": texts}),
+                                 prompt_tokens=sum(map(count_tokens, texts)))
+        result = await call_next(inner)
         assert isinstance(result, EmbeddingResult)
         if result.model != model:
             # A fallback model answered the misses: its vectors cannot sit beside the
@@ -102,13 +82,13 @@ class EmbeddingCacheStep(Step):
         except RedisError:
             log.warning("embedding cache unreachable: every text goes to the provider")
             return [None] * len(keys)
-        return [_unpack(v) if isinstance(v, bytes) and v else None for v in values]
+        return [from_float32(v).tolist() if isinstance(v, bytes) and v else None for v in values]
 
     async def _store(self, keys: list[str], vectors: list[list[float]]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, vector in zip(keys, vectors, strict=True):
-                    pipe.set(key, _pack(vector), ex=self._ttl_s)
+                    pipe.set(key, to_float32(vector), ex=self._ttl_s)
                 await pipe.execute()
         except RedisError:
             log.warning("could not store %d embeddings in the cache", len(keys))
@@ -125,16 +105,12 @@ class EmbeddingCacheStep(Step):
     async def _refetch(self, ctx: JobContext, call_next: Handler, job: EmbeddingJob,
                        partial: EmbeddingResult) -> Result:
         """The rare path: misses answered by a fallback model. Embed the whole job
-        again on the chain (one model answers all) and keep none of it."""
+        again on the chain (one model answers all) and keep none of it. The second
+        round reserves and settles budgets apart (``JobContext.charge_id``)."""
         log.info("job %s: misses answered by %s; re-embedding every text", job.job_id,
                  partial.model)
-        ctx.state["cost_saved_usd"] = 0.0
-        ctx.prompt_tokens = sum(map(count_tokens, job.texts))
-        ctx.job = job.model_copy(update={"job_id": job.job_id[:60] + "-all"})
-        try:
-            result = await call_next(ctx)
-        finally:
-            ctx.job = job
+        ctx.cost_saved_usd = 0.0
+        result = await call_next(ctx.narrowed(prompt_tokens=sum(map(count_tokens, job.texts))))
         assert isinstance(result, EmbeddingResult)
         usage = Usage(prompt_tokens=partial.usage.prompt_tokens + result.usage.prompt_tokens)
         return result.model_copy(update={

@@ -25,7 +25,6 @@ import logging
 import math
 import operator
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +35,7 @@ from redis.exceptions import RedisError
 from schemas import EMBEDDINGS_TIER, CompletionJob, ConfigError, FleetConfig, ProviderError
 from schemas.cache_key import KEY_VERSION, CachedAnswer, canonical_hash
 from schemas.keys import CACHE_SEMANTIC
+from workers.caching.float32 import from_float32, to_float32
 from workers.caching.response import ResponseCache
 from workers.pipeline.steps import JobContext
 from workers.providers import EmbedRequest, Provider
@@ -70,19 +70,12 @@ def guard_of(text: str) -> str:
 def pack(guard: str, vector: list[float]) -> bytes:
     """A stored entry: the guard, a newline, the unit vector as little-endian float32."""
     norm = math.sqrt(math.fsum(x * x for x in vector)) or 1.0
-    floats = array.array("f", (x / norm for x in vector))
-    if sys.byteorder == "big":
-        floats.byteswap()
-    return guard.encode() + b"\n" + floats.tobytes()
+    return guard.encode() + b"\n" + to_float32(x / norm for x in vector)
 
 
 def unpack(raw: bytes) -> tuple[str, array.array[float]]:
     guard, _, data = raw.partition(b"\n")
-    floats = array.array("f")
-    floats.frombytes(data)
-    if sys.byteorder == "big":
-        floats.byteswap()
-    return guard.decode(), floats
+    return guard.decode(), from_float32(data)
 
 
 def cosine(a: array.array[float], b: array.array[float]) -> float:
@@ -145,16 +138,14 @@ class SemanticCache:
         job = ctx.job
         assert isinstance(job, CompletionJob)
         return CACHE_SEMANTIC.format(scope=canonical_hash({
-            "v": KEY_VERSION, "model": ctx.chain[0], "max_tokens": ctx.max_tokens,
+            "v": KEY_VERSION, "model": ctx.primary_model, "max_tokens": ctx.max_tokens,
             "sampling": job.sampling(),
             "before": [m.model_dump(mode="json", exclude_none=True) for m in job.messages[:-1]],
         }))
 
-    async def _embed(self, ctx: JobContext) -> bytes | None:
-        """The job's packed query (guard and vector), once per job; None when the job is
-        not of an opted-in tier or the embedding failed."""
-        if "semantic_query" in ctx.state:
-            return ctx.state["semantic_query"]  # type: ignore[no-any-return]
+    async def query(self, ctx: JobContext) -> bytes | None:
+        """The job's packed query (guard and vector) that ``find`` and ``add`` take;
+        None when the job is not of an opted-in tier or the embedding failed."""
         assert isinstance(ctx.job, CompletionJob)
         text = _last_user_text(ctx.job)
         packed = None
@@ -167,12 +158,11 @@ class SemanticCache:
                 packed = pack(guard_of(text), embeddings.vectors[0])
             except (ProviderError, TimeoutError, IndexError) as exc:
                 log.info("semantic lookup skipped: embedding failed (%s)", type(exc).__name__)
-        ctx.state["semantic_query"] = packed
         return packed
 
-    async def find(self, ctx: JobContext) -> CachedAnswer | None:
-        """The cached answer of the closest question in scope, if close enough."""
-        packed = await self._embed(ctx)
+    async def find(self, ctx: JobContext, packed: bytes | None) -> CachedAnswer | None:
+        """The cached answer of the closest question in scope to the job's ``query``, if
+        close enough."""
         if packed is None:
             return None
         guard, query = unpack(packed)
@@ -190,9 +180,9 @@ class SemanticCache:
             await self._forget(scope, key_text)
         return answer
 
-    async def add(self, ctx: JobContext, key: str) -> None:
-        """Index the answer just stored under ``key`` by its question's meaning."""
-        packed = await self._embed(ctx)
+    async def add(self, ctx: JobContext, key: str, packed: bytes | None) -> None:
+        """Index the answer just stored under ``key`` by its question's meaning (the
+        job's ``query``)."""
         if packed is None:
             return
         scope = self._scope(ctx)

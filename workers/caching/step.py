@@ -1,7 +1,7 @@
 """The response cache as a pipeline step: after accounting, before budgets.
 
 There, a hit still leaves its ledger row (accounting sees the result, and the cost it
-saved in ``ctx.state["cost_saved_usd"]``), and reserves no budget: it spends nothing.
+saved in ``ctx.cost_saved_usd``), and reserves no budget: it spends nothing.
 On a miss the step coalesces identical jobs in flight (one provider call serves them
 all), calls on, and stores a whole answer of the chain's first model. The job's
 ``cache`` field and the fleet's ``[cache]`` section decide what it may read and write
@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from schemas import CompletionJob, CompletionResult, ConfigError, FleetConfig, Settings
 from schemas.cache_key import CachedAnswer, cache_enabled, cache_key, cache_mode, is_cacheable
-from workers.caching.response import Coalescer, ResponseCache
+from workers.caching.coalescer import Coalescer
+from workers.caching.response import ResponseCache
 from workers.caching.semantic import SemanticCache
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 from workers.providers import Provider
@@ -57,43 +58,41 @@ class CacheStep(Step):
         mode = cache_mode(job, self._fleet.cache, self._enabled)
         if mode == "skip":
             return await call_next(ctx)
-        # The model the key names, taken now: a budget's downgrade, further in, may
-        # change the chain, and another model's answer is not this key's.
-        model = ctx.chain[0]
-        key = cache_key(model, job, ctx.max_tokens)
-        ctx.state["cache_key"] = key
+        key = cache_key(ctx.primary_model, job, ctx.max_tokens)
         if mode == "refresh":
-            return await self._call_and_store(ctx, call_next, key, model)
+            query = await self._semantic.query(ctx) if self._semantic else None
+            return await self._call_and_store(ctx, call_next, key, query)
         # One look finds the answer, or makes this job the one that calls for its key,
         # or has it wait for the identical job that already is.
         outcome = await self._coalescer.run(
-            key, lambda: self._lead(ctx, call_next, key, model),
-            timeout=self._wait_limit(ctx))
+            key, lambda: self._lead(ctx, call_next, key), timeout=self._wait_limit(ctx))
         return self._hit(ctx, outcome) if isinstance(outcome, CachedAnswer) else outcome
 
-    async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
-                    model: str) -> CompletionResult | CachedAnswer:
+    async def _lead(self, ctx: JobContext, call_next: Handler, key: str
+                    ) -> CompletionResult | CachedAnswer:
         """The job holding the key's lock: look by meaning (here, so that a burst of
         identical jobs embeds its question once), else call and store."""
+        query = None
         if self._semantic is not None:
-            answer = await self._semantic.find(ctx)
+            query = await self._semantic.query(ctx)
+            answer = await self._semantic.find(ctx, query)
             if answer is not None:
                 return answer
-        return await self._call_and_store(ctx, call_next, key, model)
+        return await self._call_and_store(ctx, call_next, key, query)
 
     async def _call_and_store(self, ctx: JobContext, call_next: Handler, key: str,
-                              model: str) -> CompletionResult:
+                              query: bytes | None) -> CompletionResult:
         result = await call_next(ctx)
         assert isinstance(result, CompletionResult)
-        if is_cacheable(result, model):
+        if is_cacheable(result, ctx.primary_model):
             await self._cache.put(key, CachedAnswer.of(result))
             if self._semantic is not None:
-                await self._semantic.add(ctx, key)
+                await self._semantic.add(ctx, key, query)
         return result
 
     def _hit(self, ctx: JobContext, answer: CachedAnswer) -> CompletionResult:
         assert isinstance(ctx.job, CompletionJob)
-        ctx.state["cost_saved_usd"] = answer.cost_usd
+        ctx.cost_saved_usd = answer.cost_usd
         return answer.result_for(ctx.job, ctx.tier)
 
     def _wait_limit(self, ctx: JobContext) -> float:

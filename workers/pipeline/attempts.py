@@ -9,30 +9,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from schemas import Attempt, JobTimeoutError, ProviderError, RateLimitError, RetryConfig
+from schemas import Attempt, ProviderError, RateLimitError, RetryConfig
 from workers.pipeline.breaker import Breaker, route_key
+from workers.pipeline.deadline import Deadline
 from workers.pipeline.retry import compute_backoff
 
-__all__ = ["AttemptRunner", "Deadline"]
+__all__ = ["AttemptRunner"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """The epoch second after which nobody waits for the job any more (None: no limit)."""
-
-    at: float | None
-    job_id: str = ""
-
-    def remaining(self) -> float | None:
-        return None if self.at is None else self.at - time.time()
-
-    def check(self) -> None:
-        left = self.remaining()
-        if left is not None and left <= 0:
-            raise JobTimeoutError(f"job {self.job_id} passed its timeout before it finished",
-                                  job_id=self.job_id)
 
 
 @dataclass

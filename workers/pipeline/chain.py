@@ -27,8 +27,9 @@ from schemas import (
     ProviderError,
     Usage,
 )
-from workers.pipeline.attempts import AttemptRunner, Deadline
+from workers.pipeline.attempts import AttemptRunner
 from workers.pipeline.breaker import Breaker, route_key
+from workers.pipeline.deadline import Deadline
 from workers.pipeline.pricing import cost_of, count_tokens, estimate_prompt_tokens
 from workers.pipeline.steps import JobContext, Step, compose
 from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider

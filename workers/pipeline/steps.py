@@ -4,10 +4,15 @@ Each step gets the job's context and the rest of the pipeline as ``call_next``; 
 answer on its own (a cache hit), refuse (a budget), or call on and look at the result
 or the error on the way out (accounting). The order is declared once, in
 ``workers.runtime``; the innermost layer is the provider chain.
+
+What the steps share is typed on ``JobContext``; a step that narrows the job for the
+layers inside it (the embedding cache sends on only its misses) passes them a copy
+(``JobContext.narrowed``) instead of changing the job under the layers outside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +25,7 @@ from schemas import (
     EmbeddingResult,
     FleetConfig,
 )
-from workers.pipeline.attempts import Deadline
+from workers.pipeline.deadline import Deadline
 
 __all__ = ["Handler", "JobContext", "Result", "Step", "compose"]
 
@@ -36,16 +41,25 @@ class JobContext:
     job: Job
     fleet: FleetConfig
     tier: str
-    #: Models to try, in order (a downgrade or ``fallback=False`` changes it).
+    #: Models to try, in order (a budget's downgrade or ``fallback=False`` changes it).
     chain: list[str]
     #: Prompt tokens as counted here (cl100k), before any provider has answered.
     prompt_tokens: int
     #: The most output tokens the job may produce (0 for embeddings).
     max_tokens: int
     deadline: Deadline
+    #: The model that answers when nothing fails: the chain's first as routed, whatever
+    #: a step does to the chain later. Cache keys name it.
+    primary_model: str = ""
+    #: Every provider call made for the job, shared by the copies ``narrowed`` makes.
     log: list[Attempt] = field(default_factory=list)
-    #: Scratch space shared by the steps (a reservation, a cache key, ...).
-    state: dict[str, Any] = field(default_factory=dict)
+    #: What a cache answered instead of a provider would have cost (the ledger row's
+    #: ``cost_saved_usd``); set by the caching steps.
+    cost_saved_usd: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.primary_model and self.chain:
+            self.primary_model = self.chain[0]
 
     @property
     def is_completion(self) -> bool:
@@ -55,6 +69,18 @@ class JobContext:
         """Run the job on another tier's chain (a budget's downgrade)."""
         self.tier = tier
         self.chain = self.fleet.chain(tier)
+
+    def narrowed(self, **changes: Any) -> JobContext:
+        """A copy for the layers inside a step, with ``changes`` (a job holding part of
+        the work, its prompt tokens); the attempt log stays shared."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def charge_id(self) -> str:
+        """The id this round of provider calls reserves and settles budgets under: the
+        job's own for the first round (so a redelivered job settles once), a distinct
+        one for a later round of the same delivery (the embedding cache's re-embed)."""
+        return self.job.job_id if not self.log else f"{self.job.job_id}:{len(self.log)}"
 
 
 class Step:

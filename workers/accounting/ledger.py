@@ -1,0 +1,76 @@
+"""One ledger row per job, succeeded, failed or rejected: the step that leaves it, and
+the rows themselves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas import (
+    CompletionResult,
+    FleetError,
+    JobStatus,
+    LedgerRow,
+    status_for_error,
+)
+from schemas.evaluators import auto_outcome
+from workers.accounting.spool import spool_row
+from workers.pipeline.steps import Handler, JobContext, Result, Step
+from workers.providers import redact
+
+__all__ = ["LedgerStep", "error_row", "rejected_row", "result_row"]
+
+
+class LedgerStep(Step):
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
+        try:
+            result = await call_next(ctx)
+        except FleetError as exc:
+            await spool_row(self._redis, error_row(ctx, exc))
+            raise
+        await spool_row(self._redis, result_row(ctx, result))
+        return result
+
+
+def rejected_row(payload: Any, error: FleetError) -> LedgerRow | None:
+    """The row of a job refused before the pipeline (a bad payload, an unknown tier);
+    None when the payload carries no usable job id."""
+    data = payload if isinstance(payload, dict) else {}
+    job_id = data.get("job_id")
+    if not isinstance(job_id, str) or not 8 <= len(job_id) <= 64:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    text = {k: str(data[k])[:200] for k in ("agent", "user", "tier", "model") if data.get(k)}
+    return LedgerRow(job_id=job_id, kind=str(data.get("kind", "completion"))[:16],
+                     agent=text.get("agent", "unknown"), user_id=text.get("user"),
+                     tier=text.get("tier"), requested_model=text.get("model"),
+                     status=JobStatus.REJECTED, error=type(error).__name__,
+                     error_message=redact(error.message)[:500], created_at=now, finished_at=now)
+
+
+def result_row(ctx: JobContext, result: Result) -> LedgerRow:
+    usage = result.usage
+    return LedgerRow.for_job(
+        ctx.job, tier=result.tier, model=result.model, provider=result.provider,
+        status=JobStatus.SUCCEEDED, cache_hit=result.cache_hit, attempts=result.attempts,
+        fallback_used=result.fallback_used, prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+        usage_estimated=usage.estimated, cost_usd=result.cost_usd,
+        cost_saved_usd=ctx.cost_saved_usd, latency_ms=result.latency_ms,
+        outcome=(auto_outcome(ctx.job.metadata, result.content)
+                 if isinstance(result, CompletionResult) else None))
+
+
+def error_row(ctx: JobContext, error: FleetError) -> LedgerRow:
+    """A failed or rejected job: no answer, so no tokens billed and no cost."""
+    last = ctx.log[-1] if ctx.log else None
+    return LedgerRow.for_job(
+        ctx.job, tier=ctx.tier, model=last.model if last else None,
+        provider=last.provider if last else None, status=status_for_error(error),
+        attempts=len(ctx.log), fallback_used=last is not None and last.model != ctx.primary_model,
+        error=type(error).__name__, error_message=redact(error.message)[:500])

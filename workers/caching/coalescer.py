@@ -1,0 +1,164 @@
+"""In-flight coalescing: identical jobs running at the same time, on any workers, cost
+one provider call.
+
+The first takes a short lock (SET NX PX, refreshed while it works) in the same script
+that looks the cache up, so no job calls after another stored; the rest follow it, woken
+through pub/sub and polling in case a wake-up is lost, and take the lock over when it
+expires (its holder died). Redis trouble never fails a job: the job calls on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas import CompletionResult
+from schemas.cache_key import CachedAnswer, entry_lookup_lua
+from schemas.keys import CACHE_DONE, CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, CACHE_WAKE
+from tasks._pubsub import Channels
+
+__all__ = ["Coalescer"]
+
+log = logging.getLogger(__name__)
+
+#: One look, atomic: the answer if there is one (on arrival the cache entry, marked used;
+#: for a follower its holder's outcome), else the lock's holder, else the lock for the
+#: caller. KEYS: lock, LRU index, the answer's key. ARGV: token, lock ms, what the
+#: answer's key is ("entry" or "done").
+_LOOK = ("""
+local found
+if ARGV[3] == 'entry' then""" + entry_lookup_lua("KEYS[3]", "KEYS[2]") + """else
+  found = redis.call('GET', KEYS[3])
+end
+if found then return {ARGV[3], found} end
+local holder = redis.call('GET', KEYS[1])
+if holder then return {'held', holder} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {'held', ARGV[1]}
+""")
+#: Extend the lock while its holder is the one asking. KEYS: lock. ARGV: token, lock ms.
+_KEEP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+#: Leave the outcome, release the lock if still ours, wake the followers.
+#: KEYS: lock, done. ARGV: token, outcome, done ms, channel.
+_FINISH = """
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""
+DONE_MS = 60_000
+
+
+
+#: The holder's work: a provider's result, or an answer it found (by meaning).
+Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
+
+
+class Coalescer:
+    """One provider call per key at a time, fleet-wide; identical jobs share it."""
+
+    def __init__(self, redis: aioredis.Redis, *, lock_ms: int = 5000, refresh_s: float = 2.0,
+                 poll_s: float = 0.25) -> None:
+        self._lock_ms, self._refresh_s, self._poll_s = lock_ms, refresh_s, poll_s
+        self._look_lua = redis.register_script(_LOOK)
+        self._keep = redis.register_script(_KEEP)
+        self._finish = redis.register_script(_FINISH)
+        self._wakeups = Channels(redis)
+
+    async def run(self, key: str, produce: Produce, timeout: float
+                  ) -> CompletionResult | CachedAnswer:
+        """The cached answer; else ``produce()``'s result if this job made the call;
+        else the answer of the identical job that did. The cache lookup and taking the
+        lock are one step, so no job calls after another stored. Waits at most
+        ``timeout`` for another job, then (or when that job failed) produces itself."""
+        token = uuid.uuid4().hex
+        try:
+            answer, holder = await self._look(key, None, token)
+            if answer is not None:
+                return answer
+            if holder is not None and holder != token:
+                answer, holder = await self._follow(key, holder, token, timeout)
+                if answer is not None:
+                    return answer
+        except (RedisError, ValueError) as exc:
+            log.warning("cache unavailable (%s): calling on", type(exc).__name__)
+            return await produce()
+        if holder != token:
+            return await produce()
+        return await self._lead(key, token, produce)
+
+    async def _look(self, key: str, holder: str | None, token: str
+                    ) -> tuple[CachedAnswer | None, str | None]:
+        """(the cached answer or the holder's, None) when there is one; (None, None) when
+        the holder failed; else (None, who holds the lock now: maybe this job)."""
+        answer_key = (CACHE_ENTRY.format(key=key) if holder is None
+                      else CACHE_DONE.format(key=key, token=holder))
+        kind, value = await self._look_lua(
+            keys=[CACHE_LOCK.format(key=key), CACHE_LRU, answer_key],
+            args=[token, self._lock_ms, "entry" if holder is None else "done"])
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if kind in (b"held", "held"):
+            return None, text
+        if kind in (b"entry", "entry"):
+            return CachedAnswer.model_validate_json(text), None
+        outcome = json.loads(text)
+        if not outcome.get("ok"):
+            return None, None
+        return CachedAnswer.model_validate(outcome["answer"]), None
+
+    async def _follow(self, key: str, holder: str, token: str, timeout: float
+                      ) -> tuple[CachedAnswer | None, str | None]:
+        """Wait on the holder (and whoever takes over from it) until an answer comes,
+        the lock falls to this job, a holder fails, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._wakeups.watch(CACHE_WAKE.format(key=key)) as woken:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None, None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(self._poll_s, left))
+                woken.clear()
+                answer, now_held = await self._look(key, holder, token)
+                if answer is not None or now_held is None or now_held == token:
+                    return answer, now_held
+                holder = now_held
+
+    async def _lead(self, key: str, token: str, produce: Produce
+                    ) -> CompletionResult | CachedAnswer:
+        keeper = asyncio.get_running_loop().create_task(self._keep_lock(key, token))
+        outcome: dict[str, object] = {"ok": False}
+        try:
+            result = await produce()
+            answer = result if isinstance(result, CachedAnswer) else CachedAnswer.of(result)
+            outcome = {"ok": True, "answer": answer.model_dump(mode="json")}
+            return result
+        finally:
+            keeper.cancel()
+            try:
+                await self._finish(keys=[CACHE_LOCK.format(key=key),
+                                         CACHE_DONE.format(key=key, token=token)],
+                                   args=[token, json.dumps(outcome), DONE_MS,
+                                         CACHE_WAKE.format(key=key)])
+            except RedisError:
+                log.warning("could not release the coalescing lock of %s: it expires", key)
+
+    async def _keep_lock(self, key: str, token: str) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            with contextlib.suppress(RedisError):
+                await self._keep(keys=[CACHE_LOCK.format(key=key)], args=[token, self._lock_ms])
+
+    async def close(self) -> None:
+        await self._wakeups.close()
