@@ -11,7 +11,7 @@ answers:
 
 1. direct: ``FleetClient.acomplete`` from one asyncio loop;
 2. http: ``POST /v1/chat/completions`` with a fleet key, from aiohttp (httpx's own async
-   transport is the slow one at this concurrency, DESIGN.md);
+   transport is the slow one at this concurrency, docs/architecture.md);
 3. one request at a time through each path: the latency the HTTP layer adds.
 """
 

@@ -22,7 +22,6 @@ from schemas.experiments import check_definition
 
 __all__ = [
     "EMBEDDINGS_TIER",
-    "WIRE_FORMATS",
     "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
@@ -37,8 +36,6 @@ __all__ = [
     "parse_fleet_config",
 ]
 
-#: Wire formats a provider may speak; workers/providers holds one module for each.
-WIRE_FORMATS = ("openai", "anthropic")
 #: The tier that embedding jobs run on; its queue is ``llm.embeddings``.
 EMBEDDINGS_TIER = "embeddings"
 #: Wire formats that serve embeddings.

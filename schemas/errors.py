@@ -12,6 +12,7 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   └── RequestTooLargeError
     ├── JobTimeoutError                no result within the caller's timeout
     ├── FleetUnavailableError          the broker or result backend cannot be reached
+    ├── ClientClosedError              the client was closed while a wait was in flight
     ├── ProviderError                  one provider call failed
     │   ├── RetryableProviderError     worth another try of the same model
     │   │   ├── RateLimitError         429 (may carry retry_after)
@@ -46,6 +47,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AllModelsFailedError",
     "BudgetExceededError",
+    "ClientClosedError",
     "ConfigError",
     "ContextLengthError",
     "ExperimentError",
@@ -164,6 +166,11 @@ class JobTimeoutError(FleetError):
 
 class FleetUnavailableError(FleetError):
     """The broker or the result backend cannot be reached."""
+
+
+class ClientClosedError(FleetError):
+    """The client was closed (``FleetClient.close``) while this wait was in flight, or
+    used after it was closed."""
 
 
 class ProviderError(FleetError):

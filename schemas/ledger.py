@@ -18,7 +18,7 @@ _REJECTIONS = ("JobValidationError", "UnknownTierError", "UnknownModelError",
 
 
 class LedgerRow(BaseModel):
-    """The columns of ``job_ledger`` (DESIGN.md), as JSON-able values."""
+    """The columns of ``job_ledger`` (docs/architecture.md), as JSON-able values."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -2,7 +2,8 @@
 
 A task never raises across the result backend: Celery would have to rebuild our
 exception classes from module paths. It returns ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": ...}`` and the client turns the error back into its class.
+``{"ok": false, "error": ...}`` and the client turns the error back into its class. A
+batch message answers ``{"ok": true, "batch": [envelope, ...]}``, one per job in order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pydantic import ValidationError
 from schemas.errors import FleetError, JobValidationError, WorkerError
 from schemas.jobs import CompletionResult, EmbeddingResult
 
-__all__ = ["decode_outcome", "encode_error", "encode_result", "validation_error"]
+__all__ = ["decode_batch", "decode_outcome", "encode_batch", "encode_error", "encode_result",
+           "validation_error"]
 
 Result = CompletionResult | EmbeddingResult
 
@@ -37,6 +39,20 @@ def decode_outcome(outcome: Any) -> Result:
     if data.get("kind") == "embedding":
         return EmbeddingResult.model_validate(data)
     return CompletionResult.model_validate(data)
+
+
+def encode_batch(envelopes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"ok": True, "batch": envelopes}
+
+
+def decode_batch(outcome: Any, size: int) -> list[dict[str, Any]]:
+    """The ``size`` envelopes of a batch message's outcome, in order; raises the error
+    the outcome carries instead, or WorkerError when it is malformed."""
+    envelopes = outcome.get("batch") if isinstance(outcome, dict) else None
+    if not isinstance(envelopes, list) or len(envelopes) != size:
+        decode_outcome(outcome)  # raises the error the message carries, if it is one
+        raise WorkerError(f"malformed batch result: {str(outcome)[:200]}")
+    return envelopes
 
 
 def validation_error(exc: ValidationError, prefix: str = "") -> JobValidationError:

@@ -1,4 +1,4 @@
-"""Settings read from the environment (the names are a contract: DESIGN.md).
+"""Settings read from the environment (the names are a contract: docs/architecture.md).
 
 Read once, into a frozen object, so that nothing deeper reads ``os.environ``. A value
 that does not parse is a ``ConfigError`` naming the variable. API keys are not kept

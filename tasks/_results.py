@@ -4,8 +4,13 @@ Celery's Redis result backend stores a finished task's meta at
 ``celery-task-meta-<id>`` and publishes the same JSON on a channel of that name. A
 private event loop thread watches that channel per job (``tasks._pubsub.Channels``),
 reads the key (the job may be done already), takes the published state when its message
-comes, and returns the first final state. Any number of threads and event loops wait through it
-without a thread each.
+comes, and returns the first final state. Any number of threads and event loops wait
+through it without a thread each.
+
+A wait outlives a broker restart: while Redis does not answer, it tries again with
+backoff until its own timeout, so a job that finishes within its timeout is answered
+whatever Redis did meanwhile. ``close`` ends the waits in flight with
+``ClientClosedError`` instead of leaving their callers hanging.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas import FleetUnavailableError, JobTimeoutError, WorkerError
+from schemas import ClientClosedError, FleetUnavailableError, JobTimeoutError, WorkerError
 from tasks._pubsub import Channels, Watch
 
 __all__ = ["ResultWaiter"]
 
 META_KEY = "celery-task-meta-{}"
 _FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+#: Seconds between reads of the key while no message comes (a reconnect drops what
+#: was published meanwhile).
 _RECHECK_S = 5.0
+#: Backoff between tries while Redis does not answer: from the first to the last.
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
 #: Connections of one client's waiter: its pub/sub one and those its GETs share.
 MAX_CONNECTIONS = 16
 
@@ -62,27 +71,60 @@ class ResultWaiter:
         self._thread.start()
         self._redis: aioredis.Redis | None = None
         self._channels: Channels | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._in_flight: set[concurrent.futures.Future[dict[str, Any]]] = set()
+
+    def _start(self, job_id: str, timeout: float | None
+               ) -> concurrent.futures.Future[dict[str, Any]]:
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed: make a new FleetClient")
+            future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
+            self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
 
     def wait(self, job_id: str, timeout: float | None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
+        future = self._start(job_id, timeout)
         try:
             return outcome_of(future.result())
         except concurrent.futures.CancelledError:
-            raise WorkerError("the result waiter was closed") from None
+            raise ClientClosedError(f"the client was closed while waiting for {job_id}") \
+                from None
 
     async def await_(self, job_id: str, timeout: float | None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
-        return outcome_of(await asyncio.wrap_future(future))
+        future = self._start(job_id, timeout)
+        try:
+            return outcome_of(await asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            if future.cancelled() and self._closed:
+                raise ClientClosedError(
+                    f"the client was closed while waiting for {job_id}") from None
+            future.cancel()  # the caller itself was cancelled: stop waiting for it
+            raise
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
+        """End every wait in flight (ClientClosedError), then the connections and the
+        loop thread. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._in_flight)
+        for future in pending:
+            future.cancel()
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-        self._loop.close()
+        if not self._thread.is_alive():
+            self._loop.close()
 
     async def _shutdown(self) -> None:
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
         if self._channels is not None:
             await self._channels.close()
         if self._redis is not None:
@@ -93,22 +135,30 @@ class ResultWaiter:
     async def _wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         key = META_KEY.format(job_id)
         redis, channels = self._connect()
-        try:
-            async with channels.watch(key) as published:
-                return await self._poll(redis, key, published, timeout)
-        except TimeoutError:
-            raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
-                                  job_id=job_id, timeout=timeout) from None
-        except (RedisError, OSError) as exc:
-            raise FleetUnavailableError(f"result backend unreachable: {type(exc).__name__}") \
-                from exc
+        loop = self._loop
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                async with channels.watch(key) as published:
+                    return await self._poll(redis, key, published, deadline)
+            except TimeoutError:
+                raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
+                                      job_id=job_id, timeout=timeout) from None
+            except (RedisError, OSError) as exc:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= delay:
+                    raise FleetUnavailableError(
+                        f"the result backend did not answer until job {job_id}'s timeout "
+                        f"of {timeout}s ({type(exc).__name__})") from exc
+                await asyncio.sleep(delay)
+                delay = min(_RETRY_MAX_S, delay * 2)
 
     async def _poll(self, redis: aioredis.Redis, key: str, published: Watch,
-                    timeout: float | None) -> dict[str, Any]:
+                    deadline: float | None) -> dict[str, Any]:
         """The result once its key holds a final state: read at first (the job may be
         done already), taken from its message when one comes (the same JSON as the
         key), and read again now and then (a reconnect drops what was published)."""
-        deadline = None if timeout is None else self._loop.time() + timeout
         meta = _final_meta(await redis.get(key))
         while meta is None:
             left = _RECHECK_S if deadline is None else deadline - self._loop.time()

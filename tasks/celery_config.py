@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from schemas import FleetConfig
-from tasks.names import EMBEDDINGS_QUEUE, queue_for
+from tasks.names import queue_for
 
 __all__ = ["celery_settings", "fleet_queues", "visibility_timeout"]
 
@@ -21,9 +22,11 @@ def visibility_timeout(fleet: FleetConfig) -> int:
     return int(2 * fleet.job_time_limit_s)
 
 
-def fleet_queues(fleet: FleetConfig) -> list[str]:
-    """Every queue the fleet file implies: a queue per tier (embeddings included)."""
-    return [EMBEDDINGS_QUEUE if t == "embeddings" else queue_for(t) for t in fleet.tiers]
+def fleet_queues(fleet: FleetConfig, tiers: Iterable[str] | None = None) -> list[str]:
+    """The queues of ``tiers`` (default: every tier of the fleet file, embeddings
+    included), in the fleet file's order."""
+    chosen = set(fleet.tiers if tiers is None else tiers)
+    return [queue_for(t) for t in fleet.tiers if t in chosen]
 
 
 def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from schemas import (
     FleetUnavailableError,
     JobValidationError,
     Settings,
+    decode_batch,
     decode_outcome,
     load_config,
     validation_error,
@@ -96,10 +98,7 @@ class BatchHandle:
             results[position] = hit
         for message_id, positions in self._parts:
             outcome = self._client._waiter.wait(message_id, timeout)
-            envelopes = outcome.get("batch") if isinstance(outcome, dict) else None
-            if not isinstance(envelopes, list) or len(envelopes) != len(positions):
-                decode_outcome(outcome)  # raises the error the message carries
-                raise FleetUnavailableError(f"malformed batch result for {message_id}")
+            envelopes = decode_batch(outcome, len(positions))
             for position, envelope in zip(positions, envelopes, strict=True):
                 try:
                     results[position] = decode_outcome(envelope)
@@ -134,6 +133,9 @@ class FleetClient:
         self.templates = Templates(self._app, self._waiter)
         #: A/B experiments: create, start, stop, report (``tasks.experiments``).
         self.experiments = Experiments(self._app, self._waiter)
+        # A script that never calls close() still exits quietly: the waiter's loop
+        # thread and connections are released when the client goes, or at exit.
+        self._finalizer = weakref.finalize(self, _release, self._waiter, self._cache, self._app)
 
     # -- building jobs -----------------------------------------------------
 
@@ -218,8 +220,13 @@ class FleetClient:
 
     async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:
-        """``complete`` for asyncio: the wait holds no thread."""
-        job = self._completion(messages, {**options, "timeout": timeout})
+        """``complete`` for asyncio: the wait holds no thread, and nothing blocks the
+        running loop (a template or an experiment is fetched in a worker thread)."""
+        options = {**options, "timeout": timeout}
+        if options.get("template") is not None or options.get("experiment") is not None:
+            job = await asyncio.to_thread(self._completion, messages, options)
+        else:
+            job = self._completion(messages, options)
         assert job.tier is not None
         hit = await asyncio.to_thread(self._cache.lookup, job)
         if hit is not None:
@@ -260,9 +267,9 @@ class FleetClient:
         return outcome
 
     def close(self) -> None:
-        self._cache.close()
-        self._waiter.close()
-        self._app.close()
+        """Release connections and the waiter's thread; waits still in flight end with
+        ClientClosedError. Safe to call twice; the client is unusable afterwards."""
+        self._finalizer()
 
     def __enter__(self) -> FleetClient:
         return self
@@ -270,3 +277,8 @@ class FleetClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+
+def _release(waiter: ResultWaiter, cache: CacheShortCircuit, app: Celery) -> None:
+    waiter.close()
+    cache.close()
+    app.close()

@@ -1,7 +1,7 @@
 """What an agent may ask of the fleet: task names, queues and the options they run with.
 
 Declared here, on the agent side, so the client enqueues by name without loading worker
-code; ``workers.tasks`` binds the bodies to these names with these options.
+code; ``workers.bodies`` binds the bodies to these names with these options.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ __all__ = [
 #: One completion job per message.
 COMPLETE = "llm.complete"
 #: Many completion jobs of one tier in one message; the worker runs them concurrently.
-#: One message per job caps this machine near 300 jobs/s (DESIGN.md), so batches matter.
+#: One message per job costs a broker round trip each (docs/architecture.md), so batches
+#: matter.
 COMPLETE_BATCH = "llm.complete_batch"
 #: One embedding job (many texts) per message.
 EMBED = "llm.embed"

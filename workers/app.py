@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_shutdown
 from kombu.entity import Queue
 
 from schemas import FleetConfig, load_config
@@ -20,7 +21,8 @@ from tasks.names import (
     PURGE_EXPIRED,
     ROLLUP_METRICS,
 )
-from workers.bodies.jobs import bind_tasks
+from workers.bodies import bind_tasks
+from workers.runtime import close_runtime
 
 __all__ = ["create_app"]  # and ``app``, built on first access
 
@@ -43,6 +45,15 @@ def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     celery.conf.update(settings)
     bind_tasks(celery)
     return celery
+
+
+def _close_runtime(**_: Any) -> None:
+    """After Celery's warm shutdown has let the jobs in flight finish: close this
+    process's runtime, whose flusher writes what this worker spooled last."""
+    close_runtime()
+
+
+worker_shutdown.connect(_close_runtime, weak=False, dispatch_uid="llmfleet-close-runtime")
 
 
 def _from_env() -> Celery:

@@ -35,7 +35,7 @@ from workers.pipeline.steps import Step
 from workers.providers import Provider, build_providers
 from workers.store.engines import async_engine
 
-__all__ = ["WorkerRuntime", "get_runtime", "reset_runtime", "warm_up"]
+__all__ = ["WorkerRuntime", "close_runtime", "get_runtime", "warm_up"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,8 +130,8 @@ def get_runtime(settings: Settings | None = None) -> WorkerRuntime:
     return _runtime
 
 
-def reset_runtime() -> None:
-    """Close this process's runtime (tests, worker shutdown)."""
+def close_runtime() -> None:
+    """Close this process's runtime, if one was built (at worker shutdown)."""
     global _runtime
     with _lock:
         if _runtime is not None:

@@ -12,7 +12,9 @@ the job runs twice (``BUDGET_SETTLED``).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -20,8 +22,8 @@ import redis.asyncio as aioredis
 from schemas import BudgetConfig, FleetConfig
 from schemas.keys import BUDGET, BUDGET_SETTLED
 
-__all__ = ["NANO", "BudgetLedger", "Period", "Refusal", "budget_key", "covers", "period_of",
-           "to_nano"]
+__all__ = ["NANO", "BudgetLedger", "BudgetState", "Period", "Refusal", "budget_key",
+           "budget_state", "counter_figures", "covers", "period_of", "to_nano"]
 
 NANO = 1_000_000_000
 #: A reservation stops counting after this long (longer than any job may run).
@@ -68,6 +70,33 @@ def covers(budget: BudgetConfig, *, agent: str, user: str | None, tier: str,
     kind, _, name = budget.scope.partition(":")
     return {"agent": agent == name, "user": user == name, "tier": tier == name,
             "model": name in models}.get(kind, False)
+
+
+BudgetState = Literal["ok", "alert", "exceeded"]
+
+
+def budget_state(budget: BudgetConfig, spent_usd: float) -> BudgetState:
+    """"exceeded" at the limit, "alert" at the alert threshold, else "ok"."""
+    if to_nano(spent_usd) >= to_nano(budget.limit_usd):
+        return "exceeded"
+    return "alert" if spent_usd >= budget.limit_usd * budget.alert_threshold else "ok"
+
+
+def counter_figures(values: Mapping[Any, Any], now: float) -> tuple[int, int]:
+    """(settled spend, live reservations) in nano-USD from a budget counter's hash: the
+    ``spent`` field, and each ``r:<job_id>`` = "<nano>:<expiry epoch>" not yet expired
+    at ``now`` (an expired one belonged to a killed worker and stops counting)."""
+    spent = held = 0
+    for field, value in values.items():
+        name = field.decode() if isinstance(field, bytes) else str(field)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if name == "spent":
+            spent = int(text) if text.lstrip("-").isdigit() else 0
+        elif name.startswith("r:"):
+            amount, _, expiry = text.partition(":")
+            if amount.isdigit() and expiry.isdigit() and int(expiry) >= now:
+                held += int(amount)
+    return spent, held
 
 
 def budget_key(budget: BudgetConfig, period: Period) -> str:
@@ -174,14 +203,7 @@ class BudgetLedger:
     async def spent(self, budget: BudgetConfig, period: Period) -> tuple[float, float]:
         """(settled spend, live reservations) in USD, from the fast counter."""
         values = await self._redis.hgetall(budget_key(budget, period))
-        spent = held = 0
-        for field, value in values.items():
-            name = field.decode() if isinstance(field, bytes) else field
-            text = value.decode() if isinstance(value, bytes) else value
-            if name == "spent":
-                spent = int(text)
-            elif name.startswith("r:"):
-                held += int(text.split(":")[0])
+        spent, held = counter_figures(values, dt.datetime.now(dt.UTC).timestamp())
         return spent / NANO, held / NANO
 
     async def repair(self, budget: BudgetConfig, period: Period, spent_usd: float) -> None:

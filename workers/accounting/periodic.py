@@ -27,7 +27,14 @@ from schemas import BudgetConfig, FleetConfig, LedgerRow
 from schemas.keys import LEDGER_SPOOL
 from schemas.tables import budget_alerts, job_ledger, metrics_rollup, rollup_watermark
 from workers.accounting.alerts import Alert, Alerter
-from workers.accounting.budgets import NANO, Period, budget_key, period_of, to_nano
+from workers.accounting.budgets import (
+    NANO,
+    BudgetState,
+    Period,
+    budget_key,
+    budget_state,
+    period_of,
+)
 from workers.accounting.reports import budget_spend, ledger_measures, utc_now
 
 __all__ = ["enforce_budgets", "purge_expired", "rollup_metrics"]
@@ -51,6 +58,8 @@ return 1
 """
 
 Level = Literal["threshold", "exceeded"]
+#: The alert a budget's state calls for ("ok" calls for none).
+_LEVELS: dict[BudgetState, Level] = {"alert": "threshold", "exceeded": "exceeded"}
 
 
 def _text(value: Any) -> str:
@@ -84,13 +93,6 @@ def _snapshot(client: Redis, keys: list[str]) -> tuple[list[str], list[Any], boo
 def _nano(counter: str) -> int | None:
     """A counter's value; None for garbage, which any ledger figure then replaces."""
     return int(counter) if counter.lstrip("-").isdigit() else None
-
-
-def _level(budget: BudgetConfig, spent_nano: int) -> Level | None:
-    limit = to_nano(budget.limit_usd)
-    if spent_nano >= limit:
-        return "exceeded"
-    return "threshold" if spent_nano >= limit * budget.alert_threshold else None
 
 
 def _message(budget: BudgetConfig, period: Period, level: Level, spent: Decimal) -> str:
@@ -148,7 +150,8 @@ def enforce_budgets(engine: Engine, redis: Redis, fleet: FleetConfig,
             repaired.append({"budget": budget.name,
                              "was_usd": None if was is None else was / NANO,
                              "now_usd": nano / NANO})
-        level = _level(budget, nano)
+        state = budget_state(budget, nano / NANO)
+        level = _LEVELS.get(state)
         if level is not None:
             sent = _alert_once(engine, alerter, budget, period, level, spent, now)
             if sent is not None:

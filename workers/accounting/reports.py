@@ -34,9 +34,17 @@ from sqlalchemy.sql.selectable import NamedFromClause, Select
 
 from schemas import BudgetConfig, FleetConfig
 from schemas.tables import job_ledger, metrics_rollup
-from workers.accounting.budgets import NANO, Period, budget_key, period_of
+from workers.accounting.budgets import (
+    NANO,
+    Period,
+    budget_key,
+    budget_state,
+    counter_figures,
+    period_of,
+)
+from workers.store.figures import plain, rate, with_rates
 
-__all__ = ["GROUPINGS", "Grouping", "agent_stats", "budget_spend", "budget_state",
+__all__ = ["GROUPINGS", "Grouping", "agent_stats", "budget_spend",
            "budgets_state", "costs", "ledger_measures", "stats", "utc_now"]
 
 Grouping = Literal["day", "agent", "model", "tier", "user"]
@@ -50,15 +58,6 @@ def utc_now(now: dt.datetime | None = None) -> dt.datetime:
     if now is None:
         return dt.datetime.now(dt.UTC)
     return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
-
-
-def _plain(value: Any) -> Any:
-    """Decimals (money, sums of bigints) as floats, so that json.dumps takes them."""
-    return float(value) if isinstance(value, Decimal) else value
-
-
-def _rate(part: float, whole: float) -> float:
-    return part / whole if whole else 0.0
 
 
 def ledger_measures(rows: NamedFromClause = job_ledger) -> dict[str, ColumnElement[Any]]:
@@ -129,26 +128,6 @@ def budget_spend(connection: Connection, budgets: Sequence[tuple[BudgetConfig, P
     return [Decimal(v) for v in figures]
 
 
-def _reserved_usd(values: Mapping[Any, Any], now: dt.datetime) -> float:
-    """Live reservations (``r:<job_id>`` = "<nano>:<expiry epoch>"), expired ones skipped."""
-    held, epoch = 0, now.timestamp()
-    for field, value in values.items():
-        name = field.decode() if isinstance(field, bytes) else str(field)
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        amount, _, expiry = text.partition(":")
-        if name.startswith("r:") and amount.isdigit() and expiry.isdigit() \
-                and int(expiry) >= epoch:
-            held += int(amount)
-    return held / NANO
-
-
-def budget_state(spent: float, budget: BudgetConfig) -> str:
-    """"exceeded" at the limit, "alert" at the threshold, else "ok"."""
-    if spent >= budget.limit_usd:
-        return "exceeded"
-    return "alert" if spent >= budget.limit_usd * budget.alert_threshold else "ok"
-
-
 def budgets_state(engine: Engine, redis: Redis, fleet: FleetConfig,
                   now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Every budget of the fleet file in its current period: spend from the ledger,
@@ -159,14 +138,15 @@ def budgets_state(engine: Engine, redis: Redis, fleet: FleetConfig,
         spends = budget_spend(connection, periods)
     states = []
     for (budget, period), spent in zip(periods, spends, strict=True):
-        reserved = _reserved_usd(redis.hgetall(budget_key(budget, period)), now)
+        _, held = counter_figures(redis.hgetall(budget_key(budget, period)), now.timestamp())
+        reserved = held / NANO
         states.append({
             "name": budget.name, "period": budget.period, "scope": budget.scope,
             "period_start": period.start.isoformat(), "period_end": period.end.isoformat(),
             "spent_usd": float(spent), "reserved_usd": reserved,
             "limit_usd": budget.limit_usd, "share": float(spent) / budget.limit_usd,
             "alert_threshold": budget.alert_threshold, "action": budget.action,
-            "state": budget_state(float(spent), budget)})
+            "state": budget_state(budget, float(spent))})
     return states
 
 
@@ -224,17 +204,13 @@ def costs(engine: Engine, since: dt.datetime, by: Grouping = "day", *,
         rows = connection.execute(query).mappings().all()
     counts = ("jobs", "prompt_tokens", "completion_tokens", "cache_hits")
     return [{by: row["key"],
-             **{f: int(row[f]) if f in counts else _plain(row[f]) for f in figures},
+             **{f: int(row[f]) if f in counts else plain(row[f]) for f in figures},
              "tokens": int(row["prompt_tokens"]) + int(row["completion_tokens"])}
             for row in rows]
 
 
 def _summary(row: Mapping[Any, Any]) -> dict[str, Any]:
-    jobs = int(row["jobs"])
-    out = {k: _plain(v) for k, v in row.items() if k not in ("tier", "is_total")}
-    out["error_rate"] = _rate(int(row["errors"]), jobs)
-    out["cache_hit_rate"] = _rate(int(row["cache_hits"]), jobs)
-    return out
+    return with_rates({k: v for k, v in row.items() if k not in ("tier", "is_total")})
 
 
 def stats(engine: Engine, since: dt.datetime) -> dict[str, Any]:
@@ -274,8 +250,8 @@ def agent_stats(engine: Engine, agent: str,
         query = query.where(job_ledger.c.created_at >= since)
     with engine.connect() as connection:
         row = connection.execute(query).mappings().one()
-    out = {n: _plain(row[n]) for n in names}
+    out = {n: plain(row[n]) for n in names}
     out["total_cost_usd"] = out.pop("cost_usd")
-    out["cache_hit_rate"] = _rate(int(row["cache_hits"]), int(row["jobs"]))
+    out["cache_hit_rate"] = rate(int(row["cache_hits"]), int(row["jobs"]))
     out["agent"] = agent
     return out

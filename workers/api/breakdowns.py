@@ -10,7 +10,6 @@ is the default retention, and roll-ups know no users.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -20,14 +19,11 @@ from schemas import FleetConfig
 from schemas.tables import budget_alerts, job_ledger
 from workers.accounting import reports
 from workers.api.queries import TIME_RANGES
+from workers.store.figures import money
 
 __all__ = ["filter_options", "recent_alerts", "spend_page"]
 
 _L = job_ledger.c
-
-
-def _money(value: Any) -> float:
-    return float(value) if isinstance(value, Decimal) else float(value or 0)
 
 
 def _where(since: dt.datetime, model: str | None,
@@ -54,11 +50,11 @@ def _top(engine: Engine, column: ColumnElement[Any], name: str,
     with engine.connect() as connection:
         rows = connection.execute(rows_q).mappings().all()
         groups, jobs, cost = connection.execute(all_q).one()
-    shown = [{name: r["key"], "jobs": int(r["jobs"]), "cost_usd": _money(r["cost_usd"]),
-              "cost_saved_usd": _money(r["cost_saved_usd"])} for r in rows]
+    shown = [{name: r["key"], "jobs": int(r["jobs"]), "cost_usd": money(r["cost_usd"]),
+              "cost_saved_usd": money(r["cost_saved_usd"])} for r in rows]
     return {"rows": shown, "others": {
         "groups": int(groups) - len(shown), "jobs": int(jobs) - sum(r["jobs"] for r in shown),
-        "cost_usd": max(0.0, _money(cost) - sum(r["cost_usd"] for r in shown))}}
+        "cost_usd": max(0.0, money(cost) - sum(r["cost_usd"] for r in shown))}}
 
 
 def spend_page(engine: Engine, time_range: str, *, model: str | None = None,
@@ -80,7 +76,7 @@ def spend_page(engine: Engine, time_range: str, *, model: str | None = None,
         series = connection.execute(series_q).mappings().all()
     per_model: dict[str, float] = {}
     for row in series:
-        per_model[row["model"]] = per_model.get(row["model"], 0.0) + _money(row["cost_usd"])
+        per_model[row["model"]] = per_model.get(row["model"], 0.0) + money(row["cost_usd"])
     return {
         "time_range": time_range, "since": since.isoformat(), "bucket": bucket,
         "filters": {"model": model, "agent": agent},
@@ -88,7 +84,7 @@ def spend_page(engine: Engine, time_range: str, *, model: str | None = None,
         "models": sorted(per_model, key=lambda m: (-per_model[m], m)),
         "by_bucket_model": [{"bucket": r["bucket"].replace(tzinfo=dt.UTC).isoformat(),
                              "model": r["model"], "jobs": int(r["jobs"]),
-                             "cost_usd": _money(r["cost_usd"])} for r in series],
+                             "cost_usd": money(r["cost_usd"])} for r in series],
         "agents": _top(engine, _L.agent, "agent", where, top),
         "users": _top(engine, _L.user_id, "user", where, top),
     }
@@ -105,7 +101,7 @@ def recent_alerts(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
         rows = connection.execute(query).mappings().all()
     return [{"budget": r["budget"], "level": r["level"],
              "period_start": r["period_start"].isoformat(),
-             "spent_usd": _money(r["spent_usd"]), "limit_usd": _money(r["limit_usd"]),
+             "spent_usd": money(r["spent_usd"]), "limit_usd": money(r["limit_usd"]),
              "message": r["message"], "deliveries": dict(r["deliveries"] or {}),
              "created_at": r["created_at"].isoformat()} for r in rows]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-from decimal import Decimal
 from typing import Any
 
 from redis import Redis
@@ -15,20 +14,17 @@ from sqlalchemy import Engine, func, select
 
 from schemas import FleetConfig
 from schemas.tables import job_ledger
-from tasks.names import queue_for
+from tasks.celery_config import fleet_queues
 from workers.accounting import reports
+from workers.store.figures import with_rates
 
-__all__ = ["TIME_RANGES", "costs_page", "fleet_queues", "metrics_page", "queue_depths",
+__all__ = ["TIME_RANGES", "costs_page", "metrics_page", "queue_depths",
            "start_of_day", "workers_per_queue"]
 
 #: The admin API's time ranges and the bucket of each one's series.
 TIME_RANGES: dict[str, tuple[dt.timedelta, str]] = {
     "1h": (dt.timedelta(hours=1), "minute"), "24h": (dt.timedelta(hours=24), "hour"),
     "7d": (dt.timedelta(days=7), "day"), "30d": (dt.timedelta(days=30), "day")}
-
-
-def _plain(value: Any) -> Any:
-    return float(value) if isinstance(value, Decimal) else value
 
 
 def start_of_day(now: dt.datetime) -> dt.datetime:
@@ -58,11 +54,7 @@ def metrics_page(engine: Engine, time_range: str, *, model: str | None = None,
         series = connection.execute(series_q).mappings().all()
 
     def figures(row: Any) -> dict[str, Any]:
-        out = {n: _plain(row[n]) for n in measures}
-        jobs = int(row["jobs"])
-        out["error_rate"] = int(row["errors"]) / jobs if jobs else 0.0
-        out["cache_hit_rate"] = int(row["cache_hits"]) / jobs if jobs else 0.0
-        return out
+        return with_rates({n: row[n] for n in measures})
 
     return {"time_range": time_range, "since": since.isoformat(), "bucket": bucket,
             "filters": {"model": model, "agent": agent}, "totals": figures(totals),
@@ -94,11 +86,6 @@ def costs_page(engine: Engine, since: dt.datetime, *, retention_days: int | None
     return {"since": since.isoformat(), "total_cost_usd": total, "by": by,
             "top_spenders": {"agents": by["agent"][:top], "users": by["user"][:top]},
             "projection": _projection(engine, now)}
-
-
-def fleet_queues(fleet: FleetConfig) -> list[str]:
-    """Every tier's queue, ``llm.<tier>`` (embeddings included)."""
-    return [queue_for(t) for t in fleet.tiers]
 
 
 def queue_depths(redis: Redis, fleet: FleetConfig) -> dict[str, int]:

@@ -1,0 +1,27 @@
+"""Celery task bodies, bound to the names and options that ``tasks.names`` declares.
+
+Thin on purpose: parse the payload, call the pipeline or the store, return JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from tasks.names import TASK_OPTIONS
+from workers.bodies.experiments import EXPERIMENT_BODIES
+from workers.bodies.housekeeping import HOUSEKEEPING_BODIES
+from workers.bodies.jobs import JOB_BODIES
+from workers.bodies.templates import TEMPLATE_BODIES
+
+__all__ = ["bind_tasks"]
+
+
+def bind_tasks(app: Celery) -> None:
+    """Register every body on ``app`` under its declared name and options."""
+    bodies: dict[str, Callable[..., Any]] = {
+        **JOB_BODIES, **HOUSEKEEPING_BODIES, **TEMPLATE_BODIES, **EXPERIMENT_BODIES}
+    for name, body in bodies.items():
+        app.task(name=name, **TASK_OPTIONS[name])(body)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from schemas import ExperimentError
 from tasks.names import (
     EXPERIMENTS_CREATE,
     EXPERIMENTS_FEEDBACK,
@@ -17,7 +18,7 @@ from tasks.names import (
     EXPERIMENTS_REPORT,
     EXPERIMENTS_STATUS,
 )
-from workers.bodies.templates import database_envelope
+from workers.bodies.database import database_envelope
 from workers.runtime import get_runtime
 from workers.store import experiments as store
 
@@ -25,6 +26,7 @@ __all__ = ["EXPERIMENT_BODIES"]
 
 
 _declared = False
+_NO_DATABASE = ExperimentError("experiments need DATABASE_URL; none is set")
 
 
 def _with_declared(work: Callable[[Engine], Any]) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def _with_declared(work: Callable[[Engine], Any]) -> dict[str, Any]:
             _declared = True
         return work(engine)
 
-    return database_envelope(run)
+    return database_envelope(run, missing=_NO_DATABASE)
 
 
 def experiments_create(name: str, unit: str, primary_metric: str,
@@ -61,10 +63,11 @@ def experiments_report(name: str) -> dict[str, Any]:
 
 def experiments_feedback(job_id: str, success: bool | None = None,
                          score: float | None = None) -> dict[str, Any]:
-    return database_envelope(lambda engine: store.feedback(engine, job_id, success, score))
+    return database_envelope(lambda engine: store.feedback(engine, job_id, success, score),
+                             missing=_NO_DATABASE)
 
 
-#: Merged into ``workers.bodies.jobs.bind_tasks``'s bodies.
+#: Bound by ``workers.bodies.bind_tasks``.
 EXPERIMENT_BODIES: dict[str, Callable[..., Any]] = {
     EXPERIMENTS_CREATE: experiments_create, EXPERIMENTS_STATUS: experiments_status,
     EXPERIMENTS_GET: experiments_get, EXPERIMENTS_REPORT: experiments_report,

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import click
 
 from schemas import load_config
+from workers.cli.database import database_engine
 
 __all__ = ["api_command", "keys_group"]
 
 log = logging.getLogger(__name__)
-
-
-def _engine() -> Any:
-    """The ledger's engine (migrated: ``keys`` works on a fresh embedded database too)."""
-    from workers.devstack.services import export_service_env, resolve_services
-    from workers.store.engines import migrate, sync_engine
-
-    settings, _ = load_config()
-    services = resolve_services(settings)
-    export_service_env(services)
-    assert services.database_url is not None
-    migrate(services.database_url)
-    return sync_engine(services.database_url)
 
 
 @click.command("api")
@@ -90,7 +77,7 @@ def create(agent: str, user: str | None, expires: str | None, as_json: bool) -> 
         lifetime = parse_duration(expires) if expires else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires") from None
-    key_id, key = create_key(_engine(), agent, user, lifetime)
+    key_id, key = create_key(database_engine(), agent, user, lifetime)
     if as_json:
         click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user}))
         return
@@ -106,7 +93,7 @@ def list_command(as_json: bool) -> None:
     """Every key's id, agent, user, dates and state (never the key)."""
     from workers.api.keys import list_keys
 
-    rows = list_keys(_engine())
+    rows = list_keys(database_engine())
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -124,6 +111,6 @@ def revoke(key_id: str) -> None:
     """Revoke a key by its id; API processes stop accepting it within seconds."""
     from workers.api.keys import revoke_key
 
-    if not revoke_key(_engine(), key_id):
+    if not revoke_key(database_engine(), key_id):
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

@@ -12,7 +12,7 @@ import click
 from sqlalchemy import Engine
 
 from schemas import ExperimentError, TemplateError, load_config
-from workers.cli.templates import database_engine
+from workers.cli.database import database_engine
 from workers.store import experiments as store
 from workers.store.statistics import figure, verdict
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import click
 import redis
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from schemas import FleetConfig, Settings, load_config, parse_since
+from schemas import parse_since
 from workers.accounting import reports
+from workers.cli.database import fleet_servers
 
 __all__ = ["REPORT_COMMANDS", "budgets", "costs", "stats"]
 
@@ -35,29 +32,6 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> dt.datetim
 _SINCE = click.option("--since", default="7d", show_default=True, callback=_since,
                       help='How far back: "24h", "7d", "30d", or an ISO date.')
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-@contextmanager
-def _database() -> Iterator[tuple[Settings, FleetConfig, Engine, str]]:
-    """The settings, the fleet file, and the ledger's engine (migrated, so that a fresh
-    embedded database answers too), plus the Redis URL."""
-    from workers.devstack.services import resolve_services
-    from workers.store.engines import migrate, sync_engine
-
-    settings, fleet = load_config()
-    services = resolve_services(settings)
-    assert services.database_url is not None
-    # A server that does not answer is a one-line message, not a traceback (and no
-    # URL in it: it may carry a password).
-    try:
-        migrate(services.database_url)
-        yield settings, fleet, sync_engine(services.database_url), services.redis_url
-    except (RedisError, OSError) as exc:
-        raise click.ClickException(f"Redis does not answer ({type(exc).__name__}): start it "
-                                   "or point REDIS_URL at one") from None
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"Postgres does not answer ({type(exc).__name__}): start "
-                                   "it or point DATABASE_URL at one") from None
 
 
 def _money(value: Any) -> str:
@@ -94,9 +68,9 @@ def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 @_JSON
 def costs(since: dt.datetime, by: str, as_json: bool) -> None:
     """What the fleet spent, per day, agent, model, tier or user, from the ledger."""
-    with _database() as (settings, _, engine, _):
-        rows = reports.costs(engine, since, cast(reports.Grouping, by),
-                             retention_days=settings.metrics_retention_days)
+    with fleet_servers() as servers:
+        rows = reports.costs(servers.engine, since, cast(reports.Grouping, by),
+                             retention_days=servers.settings.metrics_retention_days)
 
     def render(data: list[dict[str, Any]]) -> None:
         _print(f"Costs by {by} since {since:%Y-%m-%d %H:%M} UTC",
@@ -111,10 +85,10 @@ def costs(since: dt.datetime, by: str, as_json: bool) -> None:
 @_JSON
 def budgets(as_json: bool) -> None:
     """Every budget in its current period: spent (ledger), reserved (Redis), state."""
-    with _database() as (_, fleet, engine, redis_url):
-        client = redis.Redis.from_url(redis_url)
+    with fleet_servers() as servers:
+        client = redis.Redis.from_url(servers.redis_url)
         try:
-            rows = reports.budgets_state(engine, client, fleet)
+            rows = reports.budgets_state(servers.engine, client, servers.fleet)
         finally:
             client.close()
 
@@ -138,8 +112,8 @@ def budgets(as_json: bool) -> None:
 @_JSON
 def stats(since: dt.datetime, as_json: bool) -> None:
     """Jobs, errors, cache hits, tokens, cost and latency, fleet-wide and per tier."""
-    with _database() as (_, _, engine, _):
-        data = reports.stats(engine, since)
+    with fleet_servers() as servers:
+        data = reports.stats(servers.engine, since)
 
     def render(s: dict[str, Any]) -> None:
         columns = ["tier", "jobs", "errors", "cache hits", "tokens", "cost", "saved",

@@ -11,25 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Engine
 
-from schemas import TemplateError, load_config
+from schemas import TemplateError
 from tasks.templates import render
+from workers.cli.database import database_engine
 from workers.store import templates as templates_store
 
-__all__ = ["database_engine", "templates_group"]
-
-
-def database_engine() -> Engine:
-    """The fleet's database, migrated (a fresh embedded database answers too)."""
-    from workers.devstack.services import resolve_services
-    from workers.store.engines import migrate, sync_engine
-
-    settings, _ = load_config()
-    services = resolve_services(settings)
-    assert services.database_url is not None
-    migrate(services.database_url)
-    return sync_engine(services.database_url)
+__all__ = ["templates_group"]
 
 
 def _variables(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
@@ -20,6 +19,7 @@ from schemas import ExperimentConfig, ExperimentError, ExperimentNotFoundError, 
 from schemas.experiments import check_definition
 from schemas.tables import experiment_outcomes, experiments, job_ledger
 from workers.store import templates as templates_store
+from workers.store.figures import plain
 from workers.store.statistics import Arm, decide, wilson_interval
 
 __all__ = ["create", "declare", "feedback", "get", "names", "report", "set_status"]
@@ -30,10 +30,6 @@ _MOVES = {"running": {"draft", "stopped"}, "stopped": {"running"}}
 #: How long feedback waits for a just-finished job's ledger row (the spool drains
 #: every half second).
 LEDGER_WAIT_S = 5.0
-
-
-def _plain(value: Any) -> Any:
-    return float(value) if isinstance(value, Decimal) else value
 
 
 def _definition(row: Any) -> dict[str, Any]:
@@ -164,10 +160,10 @@ def _ledger_figures(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
                     func.avg(_L.prompt_tokens + _L.completion_tokens).label("tokens"))
              .where(_L.metadata["experiment"].astext == name).group_by(variant))
     with engine.connect() as conn:
-        return {row.variant: {"jobs": row.jobs, "latency_p50_ms": _plain(row.p50),
-                              "latency_p95_ms": _plain(row.p95),
-                              "mean_cost_usd": _plain(row.cost),
-                              "mean_tokens": _plain(row.tokens)}
+        return {row.variant: {"jobs": row.jobs, "latency_p50_ms": plain(row.p50),
+                              "latency_p95_ms": plain(row.p95),
+                              "mean_cost_usd": plain(row.cost),
+                              "mean_tokens": plain(row.tokens)}
                 for row in conn.execute(query)}
 
 

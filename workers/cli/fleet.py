@@ -1,0 +1,209 @@
+"""Commands that run the fleet: ``worker``, ``beat``, ``simulator``, ``submit``, ``demo``,
+``up``, ``migrate``, ``down``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from schemas import load_config
+
+__all__ = ["FLEET_COMMANDS"]
+
+
+def _tiers(value: str | None, known: list[str]) -> list[str]:
+    if not value:
+        return known
+    chosen = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown tier(s) {unknown}; known: {known}", param_hint="--tiers")
+    return chosen
+
+
+@click.command()
+@click.option("--tiers", help="Comma-separated tiers to consume (default: every tier, "
+              "embeddings included).")
+@click.option("--concurrency", "-c", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="Jobs in flight in this process (pool threads).")
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
+@click.option("--hostname", "-n", default=None, help="Worker node name (default from tiers).")
+def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | None) -> None:
+    """Run a worker consuming the queues of some tiers (llm.<tier>).
+
+    Scale out by running more of these, on this or other machines, against the same
+    REDIS_URL.
+    """
+    from tasks.celery_config import fleet_queues
+    from tasks.names import ADMIN_QUEUE
+    from workers.app import create_app
+    from workers.devstack.services import export_service_env, resolve_services
+    from workers.providers import missing_keys
+    from workers.runtime import warm_up
+    from workers.store.engines import require_migrated
+
+    settings, fleet = load_config()
+    chosen = _tiers(tiers, list(fleet.tiers))
+    services = resolve_services(settings)
+    export_service_env(services)
+    if services.database_url and settings.enable_cost_tracking and \
+            not require_migrated(services.database_url):
+        click.secho("warning: Postgres is unreachable: ledger rows wait in Redis until it is "
+                    "back", fg="yellow", err=True)
+    if not settings.simulator_url:
+        for provider, var in missing_keys(fleet, chosen, os.environ).items():
+            click.secho(f"warning: {var} is not set: provider {provider!r} will refuse "
+                        "calls and its models will fall back", fg="yellow", err=True)
+    queues = fleet_queues(fleet, chosen)
+    queues.append(ADMIN_QUEUE)  # housekeeping: any worker may run it
+    app = create_app(services.redis_url, fleet)
+    warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
+    name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
+    app.worker_main(["worker", "--queues", ",".join(queues), "--pool", "threads",
+                     "--concurrency", str(concurrency), "--loglevel", loglevel,
+                     "--hostname", name, "--without-mingle", "--without-gossip"])
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat: heartbeat, enforce_budgets, rollup_metrics and purge_expired, at
+    the intervals of the fleet file's [beat] section."""
+    from workers.app import create_app
+    from workers.devstack.services import export_service_env, resolve_services
+
+    settings, fleet = load_config()
+    services = resolve_services(settings, postgres=False)
+    export_service_env(services)
+    schedule = settings.resolved_data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app = create_app(services.redis_url, fleet)
+    app.start(["beat", "--loglevel", loglevel, "--schedule", str(schedule)])
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--latency-ms", default=50.0, show_default=True, type=float,
+              help="Delay of each answer.")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of calls answered with a server error (503 / 529).")
+@click.option("--rate-limit-rate", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1), help="Share of calls answered 429 with Retry-After.")
+@click.option("--retry-after", default=1, show_default=True, type=int,
+              help="Seconds the 429s ask to wait.")
+def simulator(host: str, port: int, latency_ms: float, error_rate: float,
+              rate_limit_rate: float, retry_after: int) -> None:
+    """Serve the provider simulator (OpenAI and Anthropic wire formats) over HTTP.
+
+    Point a fleet at it with LLMFLEET_SIMULATOR_URL=http://HOST:PORT. Change its
+    behaviour while it runs with POST /_sim/config; read its counts at GET /_sim/stats.
+    """
+    from workers.devstack.simulator import SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(latency_ms=latency_ms, error_rate=error_rate,
+                             rate_limit_rate=rate_limit_rate, retry_after_s=retry_after)
+    click.echo(f"provider simulator on http://{host}:{port} "
+               f"(OpenAI at /v1, Anthropic at /v1/messages)")
+    run_simulator(host=host, port=port, config=config)
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--tier", default=None, help="Tier to run on (default: the fleet's default).")
+@click.option("--model", default=None, help="A model of the fleet file instead of a tier.")
+@click.option("--system", default=None, help="A system prompt.")
+@click.option("--max-tokens", default=None, type=int)
+@click.option("--temperature", default=None, type=float)
+@click.option("--agent", default="cli", show_default=True)
+@click.option("--user", default=None)
+@click.option("--timeout", default=60.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+def submit(prompt: str, tier: str | None, model: str | None, system: str | None,
+           max_tokens: int | None, temperature: float | None, agent: str, user: str | None,
+           timeout: float, as_json: bool) -> None:
+    """Submit one completion job to a running fleet and print the answer."""
+    from tasks import FleetClient
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    with FleetClient(agent=agent) as client:
+        result = client.complete(messages, tier=tier, model=model, max_tokens=max_tokens,
+                                 temperature=temperature, user=user, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
+        return
+    click.echo(result.content)
+    click.secho(f"[{result.model} via {result.provider}, tier {result.tier}, "
+                f"{result.usage.prompt_tokens}+{result.usage.completion_tokens} tokens, "
+                f"${result.cost_usd:.6f}, {result.latency_ms:.0f} ms, "
+                f"{result.attempts} attempt(s)]", fg="cyan", err=True)
+
+
+@click.command()
+@click.option("--jobs", default=200, show_default=True, type=click.IntRange(10, 100_000),
+              help="How many jobs the three sample agents submit together.")
+@click.option("--latency-ms", default=50.0, show_default=True, type=float,
+              help="The simulator's answer delay.")
+@click.option("--keep-servers", is_flag=True,
+              help="Leave the embedded servers running afterwards.")
+def demo(jobs: int, latency_ms: float, keep_servers: bool) -> None:
+    """Run the whole fleet once: embedded servers, simulator, a worker per tier, beat,
+    and three sample agents (coder, planner, reviewer); print a summary; stop it all."""
+    from workers.devstack.demo.run import run_demo
+
+    sys.exit(run_demo(jobs=jobs, latency_ms=latency_ms, keep_servers=keep_servers))
+
+
+@click.command()
+@click.option("--concurrency", "-c", default=32, show_default=True, type=int,
+              help="Jobs in flight per worker process.")
+@click.option("--flower-port", default=5555, show_default=True, type=int)
+@click.option("--simulator-port", default=8765, show_default=True, type=int)
+@click.option("--api-port", default=8000, show_default=True, type=int)
+def up(concurrency: int, flower_port: int, simulator_port: int, api_port: int) -> None:
+    """Run the fleet until Ctrl-C: servers, a worker per tier, beat, the HTTP API and
+    Flower (behind
+    basic auth: LLMFLEET_FLOWER_USER / LLMFLEET_FLOWER_PASSWORD, else generated).
+    Starts the provider simulator when no provider key is set."""
+    from workers.devstack.up import run_up
+
+    sys.exit(run_up(concurrency=concurrency, flower_port=flower_port,
+                    simulator_port=simulator_port, api_port=api_port))
+
+
+@click.command()
+def migrate() -> None:
+    """Create or upgrade the fleet's tables in DATABASE_URL (or the embedded Postgres)."""
+    from workers.devstack.services import resolve_services
+    from workers.store.engines import migrate as run_migrations
+    from workers.store.engines import safe_url
+
+    settings, _ = load_config()
+    services = resolve_services(settings)
+    assert services.database_url is not None
+    before, after = run_migrations(services.database_url)
+    where = safe_url(services.database_url)
+    if before == after:
+        click.echo(f"{where} is up to date (revision {after})")
+    else:
+        click.echo(f"{where}: migrated from {before or 'an empty database'} to {after}")
+
+
+@click.command()
+def down() -> None:
+    """Stop the embedded servers under LLMFLEET_DATA_DIR."""
+    from workers.devstack.embedded import stop_stack
+
+    settings, _ = load_config()
+    stopped = stop_stack(settings.resolved_data_dir)
+    click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+#: What the lead adds to the ``llmfleet`` group.
+FLEET_COMMANDS: list[click.Command] = [worker, beat, simulator, submit, demo, up, migrate, down]
