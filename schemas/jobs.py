@@ -34,6 +34,9 @@ __all__ = [
 #: Upper bound on the characters of one job's messages (about 500k tokens): a
 #: request past it is refused at submit, before it costs a queue slot.
 MAX_REQUEST_CHARS = 2_000_000
+#: Metadata rides with every ledger row: a few short values.
+MAX_METADATA_KEYS = 64
+MAX_METADATA_CHARS = 2000
 #: Upper bound on the texts of one embedding job; the worker splits it further
 #: into provider-sized batches.
 MAX_EMBED_TEXTS = 10_000
@@ -99,9 +102,15 @@ class _JobBase(_Strict):
 
     @field_validator("metadata")
     @classmethod
-    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > 64:
-            raise ValueError("at most 64 metadata keys")
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Metadata lands in the ledger: small, and nothing Postgres refuses (NUL)."""
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        for key, item in value.items():
+            if not 0 < len(key) <= 100 or "\x00" in key:
+                raise ValueError(f"key {key[:40]!r}: 1 to 100 characters, no NUL")
+            if isinstance(item, str) and (len(item) > MAX_METADATA_CHARS or "\x00" in item):
+                raise ValueError(f"{key}: at most {MAX_METADATA_CHARS} characters, no NUL")
         return value
 
 

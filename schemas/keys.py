@@ -22,6 +22,7 @@ __all__ = [
     "CACHE_WAKE",
     "DASHBOARD_LOGGED_OUT",
     "JOB_DONE",
+    "LEDGER_DEAD_LETTERS",
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
     "PREFIX",
@@ -44,8 +45,12 @@ BEAT_LAST_RUN = PREFIX + "beat:last_run"
 #: Ledger rows (LedgerRow JSON) waiting for Postgres; a list, drained in order by one
 #: flusher at a time. No expiry: Redis' append-only file keeps it across restarts.
 LEDGER_SPOOL = PREFIX + "ledger:spool"
-#: Held by the worker draining the spool; expires after 30 s if that worker dies.
+#: Held by the worker draining the spool; expires after 10 s if that worker dies.
 LEDGER_FLUSH_LOCK = PREFIX + "ledger:flush-lock"
+#: Rows Postgres refused (a value it cannot store), each as {"row", "reason", "at"} JSON,
+#: kept apart so that every other row lands; no expiry: an operator lists them with
+#: `llmfleet ledger dead-letters` and moves them back with `llmfleet ledger replay`.
+LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
 #: The outcome envelope of a finished job, so that a redelivered job is answered
 #: without a second provider call; expires with Celery's results (24 h).
 JOB_DONE = PREFIX + "done:{job_id}"

@@ -6,12 +6,32 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.errors import FleetError
 from schemas.jobs import CompletionJob, EmbeddingJob, JobStatus
 
 __all__ = ["LedgerRow", "status_for_error"]
+
+#: The widths of ``job_ledger``'s string columns (``schemas.tables``; a test holds the
+#: two alike, and agents need not load SQLAlchemy for them): a row is cut to fit them.
+COLUMN_WIDTHS = {"job_id": 64, "kind": 16, "agent": 200, "user_id": 200, "tier": 40,
+                 "requested_model": 200, "model": 200, "provider": 200, "status": 16,
+                 "error": 100}
+_MESSAGE_CHARS = 500
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every NUL character gone (Postgres text and JSONB refuse them),
+    in strings, keys and nested values."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
 
 _REJECTIONS = ("JobValidationError", "UnknownTierError", "UnknownModelError",
                "RequestTooLargeError", "BudgetExceededError")
@@ -44,13 +64,26 @@ class LedgerRow(BaseModel):
     latency_ms: float = 0.0
     #: The error's class name, for failed and rejected jobs.
     error: str | None = None
-    error_message: str | None = Field(default=None, max_length=500)
+    error_message: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: An automatic evaluator's outcome for an experiment job (``schemas.evaluators``),
     #: written to ``experiment_outcomes`` with the row; not a ``job_ledger`` column.
     outcome: dict[str, Any] | None = None
     created_at: dt.datetime
     finished_at: dt.datetime
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _fits_postgres(cls, value: Any, info: Any) -> Any:
+        """Whoever builds a row (a worker, the client, a message that skipped the
+        client), it is storable: no NUL anywhere, strings cut to their column's width
+        (an error message to 500 characters)."""
+        value = _storable(value)
+        width = COLUMN_WIDTHS.get(info.field_name) or (
+            _MESSAGE_CHARS if info.field_name == "error_message" else None)
+        if width is not None and isinstance(value, str):
+            value = value[:width]
+        return value
 
     @classmethod
     def for_job(cls, job: CompletionJob | EmbeddingJob, **fields: Any) -> LedgerRow:

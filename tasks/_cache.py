@@ -38,6 +38,8 @@ class CacheShortCircuit:
     def __init__(self, redis_url: str, fleet: FleetConfig, settings: Settings) -> None:
         self._fleet = fleet
         self._enabled = cache_enabled(settings)
+        # With cost tracking off no flusher drains the spool: a hit leaves no row.
+        self._accounting = settings.enable_cost_tracking
         self._redis = redis.Redis.from_url(redis_url)
         self._lookup = self._redis.register_script(LOOKUP_LUA)
 
@@ -84,7 +86,7 @@ class CacheShortCircuit:
             result = answer.result_for(job, job.tier).labelled(job.metadata)
             found[index] = result
             rows.append(self._row(job, result, answer.cost_usd))
-        if rows:
+        if rows and self._accounting:
             try:
                 self._redis.rpush(LEDGER_SPOOL, *rows)
             except RedisError:

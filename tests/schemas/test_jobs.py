@@ -72,3 +72,31 @@ def test_an_embedding_job_refuses_empty_texts() -> None:
 def test_a_job_survives_its_json_round_trip() -> None:
     job = CompletionJob.model_validate({"messages": [USER], "metadata": {"k": 1}})
     assert CompletionJob.model_validate_json(job.model_dump_json()) == job
+
+
+def test_ledger_rows_know_the_widths_of_their_columns() -> None:
+    from sqlalchemy import String
+
+    from schemas.ledger import COLUMN_WIDTHS
+    from schemas.tables import job_ledger
+
+    widths = {c.name: c.type.length for c in job_ledger.c
+              if isinstance(c.type, String) and c.type.length}
+    assert widths == COLUMN_WIDTHS
+
+
+def test_a_ledger_row_is_storable_whoever_builds_it() -> None:
+    import datetime as dt
+
+    from schemas import LedgerRow
+
+    now = dt.datetime.now(dt.UTC)
+    # Given values Postgres would refuse: NULs, a tier past its 40 characters
+    row = LedgerRow(job_id="job-00000001", kind="completion", agent="a\x00gent",
+                    tier="t" * 300, status="rejected", error_message="e\x00" * 900,
+                    metadata={"k\x00": ["v\x00", {"n\x00": "x\x00"}]},
+                    created_at=now, finished_at=now)
+    # Then the row holds none of them
+    assert row.agent == "agent" and row.tier == "t" * 40
+    assert row.error_message == "e" * 500
+    assert row.metadata == {"k": ["v", {"n": "x"}]}

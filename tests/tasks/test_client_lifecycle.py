@@ -50,7 +50,7 @@ def test_close_ends_a_blocking_wait_with_a_typed_error(redis_url: str,
     def wait() -> None:
         try:
             handle.get(timeout=60)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:
             raised.append(exc)
 
     waiter = threading.Thread(target=wait)
@@ -82,7 +82,7 @@ def test_close_ends_an_awaited_wait_with_a_typed_error(redis_url: str,
         await asyncio.to_thread(client.close)
         try:
             await asyncio.wait_for(task, 10)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        except BaseException as exc:
             return exc
         return None
 

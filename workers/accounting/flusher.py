@@ -2,59 +2,77 @@
 drained in batches.
 
 Redis keeps the rows (append-only file) until Postgres is back. One flusher at a time,
-fleet-wide (``LEDGER_FLUSH_LOCK``), reads a batch from the head, inserts it with
-``ON CONFLICT (job_id) DO NOTHING`` and only then trims it: a flusher killed between
-the two re-inserts the batch next time, which changes nothing. So each job leaves
-exactly one row, however often it ran or was flushed.
+fleet-wide (a redis-py ``Lock`` on ``LEDGER_FLUSH_LOCK``), reads a batch from the head,
+inserts it with ``ON CONFLICT (job_id) DO NOTHING`` and only then trims it: a flusher
+killed between the two re-inserts the batch next time, which changes nothing. So each
+job leaves exactly one row, however often it ran or was flushed.
+
+A row Postgres refuses (a value it cannot store: a number out of range, say) must not
+stop the others: a batch that fails with a data error is split in halves until the row
+is found, that row goes with its reason to ``LEDGER_DEAD_LETTERS`` and the rest lands.
+Connection failures are another matter: the batch waits in the spool, whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas import LedgerRow
-from schemas.keys import LEDGER_FLUSH_LOCK, LEDGER_SPOOL
+from schemas.keys import LEDGER_DEAD_LETTERS, LEDGER_FLUSH_LOCK, LEDGER_SPOOL
 from schemas.tables import experiment_outcomes, job_ledger
+from workers.providers import redact
 
-__all__ = ["LedgerFlusher"]
+__all__ = ["BATCH", "LedgerFlusher"]
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
 #: The flush lock's lease: how long a killed flusher keeps the others waiting.
-LOCK_MS = 10_000
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+LOCK_S = 10.0
+#: Trim the batch, and set its refused rows aside, only while still holding the lock. A
+#: flusher whose lease ran out mid-insert (Postgres slow) must not trim: the next holder
+#: read the same head, and a second trim would drop rows that were never written.
+#: KEYS: lock, spool, dead letters. ARGV: token, rows to trim, then dead-letter entries.
+_SETTLE_IF_HELD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], ARGV[2], -1)
+return 1
 """
-#: Trim the batch only while still holding the lock. A flusher whose lease ran out
-#: mid-insert (Postgres slow) must not trim: the next holder read the same head, and a
-#: second trim would drop rows that were never written.
-_TRIM_IF_HELD = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('LTRIM', KEYS[2], ARGV[2], -1)
-  return 1
-end
-return 0
-"""
+Row = tuple[bytes | str, dict[str, Any]]
 
 
-def _decode(raw: bytes | str) -> dict[str, Any] | None:
-    try:
-        return LedgerRow.model_validate_json(raw).model_dump()
-    except ValueError:
-        log.error("dropping a malformed ledger row: %.200s", raw)
-        return None
+def _is_row_error(exc: BaseException) -> bool:
+    """A value Postgres (or the driver) refuses in this data, not a server that does not
+    answer or a schema that is not there: only these rows are set aside."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    # Raised while the driver converted a value, before anything reached the server.
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _dead_letter(raw: bytes | str, reason: str) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return json.dumps({"row": text, "reason": redact(reason)[:300],
+                       "at": dt.datetime.now(dt.UTC).isoformat()})
+
+
+def _reason(exc: BaseException) -> str:
+    origin = getattr(exc, "orig", None) or exc
+    first = str(origin).strip().splitlines()[0] if str(origin).strip() else ""
+    return f"{type(origin).__name__}: {first}"
 
 
 class LedgerFlusher:
@@ -65,9 +83,9 @@ class LedgerFlusher:
         self._redis = redis
         self._engine = engine
         self._interval = interval_s
-        self._token = uuid.uuid4().hex
-        self._release = redis.register_script(_RELEASE)
-        self._trim = redis.register_script(_TRIM_IF_HELD)
+        self._lock = redis.lock(LEDGER_FLUSH_LOCK, timeout=LOCK_S, blocking=False,
+                                thread_local=False)
+        self._settle = redis.register_script(_SETTLE_IF_HELD)
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
 
@@ -80,7 +98,8 @@ class LedgerFlusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(RedisError, SQLAlchemyError, OSError):
-            await self.flush()  # what this worker spooled last, if Postgres is up
+            while await self.flush() >= BATCH:  # what this worker spooled last
+                pass
         await self._engine.dispose()
 
     async def _run(self) -> None:
@@ -92,46 +111,78 @@ class LedgerFlusher:
             await asyncio.sleep(0 if written >= BATCH else self._interval)
 
     async def flush(self) -> int:
-        """Move one batch from the spool to Postgres; rows written (0 when another
-        worker holds the lock, the spool is empty, or Postgres is down)."""
-        if not await self._redis.set(LEDGER_FLUSH_LOCK, self._token, px=LOCK_MS, nx=True):
+        """Move one batch from the spool to Postgres; rows settled, written or set aside
+        (0 when another worker holds the lock, the spool is empty, or Postgres is down)."""
+        token = uuid.uuid4().hex
+        if not await self._lock.acquire(token=token):
             return 0
         try:
             raws = await self._redis.lrange(LEDGER_SPOOL, 0, BATCH - 1)
             if not raws:
                 return 0
-            rows = [r for r in map(_decode, raws) if r is not None]
-            if rows and not await self._insert(rows):
+            rows: list[Row] = []
+            dead: list[str] = []
+            for raw in raws:
+                try:
+                    rows.append((raw, LedgerRow.model_validate_json(raw).model_dump()))
+                except ValueError as exc:
+                    dead.append(_dead_letter(raw, f"malformed ledger row: {exc}"))
+            refused = await self._write(rows) if rows else []
+            if refused is None:
                 return 0
-            if not await self._trim(keys=[LEDGER_FLUSH_LOCK, LEDGER_SPOOL],
-                                    args=[self._token, len(raws)]):
+            dead += refused
+            if not await self._settle(keys=[LEDGER_FLUSH_LOCK, LEDGER_SPOOL, LEDGER_DEAD_LETTERS],
+                                      args=[token, len(raws), *dead]):
                 log.warning("the flush lock's lease ran out during an insert: the batch is "
                             "left to the next holder (re-inserting it changes nothing)")
                 return 0
-            return len(rows)
+            if dead:
+                log.error("%d ledger row(s) refused by Postgres set aside in %s: see "
+                          "`llmfleet ledger dead-letters`", len(dead), LEDGER_DEAD_LETTERS)
+            return len(raws)
         finally:
-            await self._release(keys=[LEDGER_FLUSH_LOCK], args=[self._token])
+            with contextlib.suppress(LockError, RedisError):
+                await self._lock.release()
 
-    async def _insert(self, rows: list[dict[str, Any]]) -> bool:
+    async def _write(self, rows: list[Row]) -> list[str] | None:
+        """Insert ``rows``; the dead-letter entries of those Postgres refused, or None
+        when Postgres cannot be reached (then nothing may be trimmed)."""
+        try:
+            await self._insert([row for _, row in rows])
+        except (SQLAlchemyError, OSError) as exc:
+            if not _is_row_error(exc):
+                self._note_down(exc)
+                return None
+            if len(rows) == 1:
+                return [_dead_letter(rows[0][0], _reason(exc))]
+            middle = len(rows) // 2
+            first = await self._write(rows[:middle])
+            second = await self._write(rows[middle:]) if first is not None else None
+            return None if first is None or second is None else first + second
+        self._note_up()
+        return []
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
         """The rows and their automatic experiment outcomes, in one transaction. Both
         skip what is there already: a batch inserted twice changes nothing, and an
         agent's later feedback (an upsert) stays the outcome."""
+        columns = [{k: v for k, v in row.items() if k != "outcome"} for row in rows]
         outcomes = [{"job_id": row["job_id"], "created_at": row["finished_at"], **outcome}
-                    for row in rows if (outcome := row.pop("outcome", None))]
+                    for row in rows if (outcome := row.get("outcome"))]
         statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"])
-        try:
-            async with self._engine.begin() as connection:
-                await connection.execute(statement, rows)
-                if outcomes:
-                    await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
-                        index_elements=["job_id"]), outcomes)
-        except (SQLAlchemyError, OSError) as exc:
-            if self._down_since is None:
-                self._down_since = asyncio.get_running_loop().time()
-                log.warning("Postgres unreachable (%s): ledger rows stay spooled in Redis "
-                            "until it is back", type(exc).__name__)
-            return False
+        async with self._engine.begin() as connection:
+            await connection.execute(statement, columns)
+            if outcomes:
+                await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
+                    index_elements=["job_id"]), outcomes)
+
+    def _note_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+            log.warning("Postgres unreachable (%s): ledger rows stay spooled in Redis "
+                        "until it is back", type(exc).__name__)
+
+    def _note_up(self) -> None:
         if self._down_since is not None:
             log.warning("Postgres is back: writing the spooled ledger rows")
             self._down_since = None
-        return True

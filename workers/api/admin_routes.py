@@ -20,6 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas import parse_since
 from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
 from workers.accounting import reports
+from workers.accounting.dead_letters import dead_letter_count
+from workers.accounting.spool import spool_length
 from workers.api import breakdowns, queries, sessions
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.state import ApiState, state_of
@@ -197,7 +199,8 @@ def _beat(state: ApiState) -> dict[str, Any]:
 
 def health_report(state: ApiState) -> tuple[bool, dict[str, Any]]:
     """(healthy, report). Degraded: Redis or Postgres down, or a tier's queue with no
-    worker. A stale beat or a provider in cool-down is reported, not degrading."""
+    worker. A stale beat, a provider in cool-down or ledger rows set aside as dead
+    letters are reported, not degrading."""
     report: dict[str, Any] = {}
     try:
         state.redis.ping()
@@ -217,6 +220,8 @@ def health_report(state: ApiState) -> tuple[bool, dict[str, Any]]:
         report["workers"] = {"up": len(live), "per_queue": per_queue, "queues_without": idle}
         report["beat"] = _beat(state)
         report["providers_in_cooldown"] = _breakers(state)
+        report["ledger"] = {"spooled": spool_length(state.redis),
+                            "dead_letters": dead_letter_count(state.redis)}
     healthy = report["redis"]["ok"] and report["postgres"]["ok"] and not idle
     report["status"] = "ok" if healthy else "degraded"
     return healthy, report

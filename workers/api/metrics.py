@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.tables import job_ledger, metrics_rollup
 from workers.accounting import reports
+from workers.accounting.dead_letters import dead_letter_count
 from workers.accounting.spool import spool_length
 from workers.api import queries
 from workers.api.state import ApiState, state_of
@@ -185,6 +186,9 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily("llmfleet_ledger_spool_rows",
                                 "Ledger rows waiting in Redis for Postgres.",
                                 value=spool_length(state.redis))
+        yield GaugeMetricFamily("llmfleet_ledger_dead_letters",
+                                "Ledger rows Postgres refused, set aside for an operator.",
+                                value=dead_letter_count(state.redis))
         spend = GaugeMetricFamily("llmfleet_budget_spend_usd", "Spend in the budget's "
                                   "current period.", labels=["budget", "period", "scope"])
         limit = GaugeMetricFamily("llmfleet_budget_limit_usd", "The budget's limit.",

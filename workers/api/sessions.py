@@ -1,21 +1,21 @@
 """The dashboard's sessions: a signed, expiring token in a cookie, never the admin key.
 
-A token reads ``v1.<expiry epoch>.<nonce>.<signature>``; the signature is HMAC-SHA256
-keyed by the admin key over the version, expiry and nonce. So a token proves that its
-holder knew the key once, lapses by itself, and dies with every session when the key
+A token is a random nonce signed with its issue time by itsdangerous' ``TimestampSigner``
+(HMAC-SHA256, keyed by the admin key, salted for this use only). So a token proves that
+its holder knew the key once, lapses by itself, and dies with every session when the key
 changes; the key itself never travels again after login. Nothing here does I/O:
 logging out (which remembers the nonce until the token would lapse) is the caller's.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import re
 import secrets
 import time
 from dataclasses import dataclass
+
+from itsdangerous import BadSignature, TimestampSigner
 
 __all__ = ["COOKIE", "TTL_S", "Session", "issue", "verify"]
 
@@ -24,10 +24,9 @@ COOKIE = "llmfleet_session"
 #: How long a session lasts after login.
 TTL_S = 12 * 3600
 
-_VERSION = "v1"
 #: Keeps these signatures apart from any other use of an HMAC keyed by the admin key.
-_DOMAIN = b"llmfleet-dashboard-session\x00"
-_TOKEN = re.compile(r"^v1\.(\d{1,12})\.([A-Za-z0-9_-]{22,64})\.([A-Za-z0-9_-]{43})$")
+_SALT = "llmfleet-dashboard-session"
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{24}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,31 +37,34 @@ class Session:
     expires_at: int
 
 
-def _sign(admin_key: str, expiry: int, nonce: str) -> str:
-    message = _DOMAIN + f"{_VERSION}.{expiry}.{nonce}".encode()
-    digest = hmac.new(admin_key.encode(), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+class _Signer(TimestampSigner):
+    """The signer, its clock settable (``now``) so that tests can travel in time."""
+
+    def __init__(self, admin_key: str, now: float | None) -> None:
+        super().__init__(admin_key, salt=_SALT, digest_method=hashlib.sha256)
+        self._now = now
+
+    def get_timestamp(self) -> int:
+        return int(self._now if self._now is not None else time.time())
 
 
 def issue(admin_key: str, now: float | None = None, ttl_s: int = TTL_S) -> tuple[str, Session]:
     """A fresh token and the session it stands for."""
-    expiry = int(now if now is not None else time.time()) + ttl_s
+    signer = _Signer(admin_key, now)
     nonce = secrets.token_urlsafe(18)
-    token = f"{_VERSION}.{expiry}.{nonce}.{_sign(admin_key, expiry, nonce)}"
-    return token, Session(nonce, expiry)
+    return signer.sign(nonce).decode(), Session(nonce, signer.get_timestamp() + ttl_s)
 
 
 def verify(token: str, admin_key: str, now: float | None = None) -> Session | None:
-    """The session of a well-formed, correctly signed, unexpired token, else None.
-    The signature is compared in constant time; an expiry further off than a fresh
-    token's is refused too (no token of ours ever has one)."""
-    match = _TOKEN.match(token)
-    if match is None:
+    """The session of a correctly signed, unexpired token, else None. The signature is
+    compared in constant time; a token signed in the future is refused too."""
+    signer = _Signer(admin_key, now)
+    try:
+        nonce, signed_at = signer.unsign(token, max_age=TTL_S, return_timestamp=True)
+    except BadSignature:  # tampered, of another key, expired, malformed
         return None
-    expiry, nonce, signature = int(match[1]), match[2], match[3]
-    if not hmac.compare_digest(signature.encode(), _sign(admin_key, expiry, nonce).encode()):
+    expiry = int(signed_at.timestamp()) + TTL_S
+    text = nonce.decode(errors="replace")
+    if not _NONCE.match(text) or signer.get_timestamp() >= expiry:
         return None
-    now = now if now is not None else time.time()
-    if not now < expiry <= now + TTL_S + 60:
-        return None
-    return Session(nonce, expiry)
+    return Session(text, expiry)

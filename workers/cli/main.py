@@ -40,11 +40,12 @@ def _add_commands() -> None:
     from workers.cli.api import api_command, keys_group
     from workers.cli.experiments import experiments_group
     from workers.cli.fleet import FLEET_COMMANDS
+    from workers.cli.ledger import ledger_group
     from workers.cli.reports import REPORT_COMMANDS
     from workers.cli.templates import templates_group
 
     for command in [*FLEET_COMMANDS, *REPORT_COMMANDS, api_command, keys_group, templates_group,
-                    experiments_group]:
+                    experiments_group, ledger_group]:
         cli.add_command(command)
 
 

@@ -290,6 +290,12 @@ export function health(report, fleet) {
     items.push(healthItem('Workers', idle.length ? 'bad' : 'ok',
       `${report.workers.up} up${idle.length ? `; no worker for ${idle.join(', ')}` : ''}`));
   }
+  const ledger = report.ledger;
+  if (ledger) {
+    const dead = ledger.dead_letters;
+    items.push(healthItem('Ledger', dead ? 'warn' : 'ok', `${ledger.spooled} row${ledger.spooled === 1 ? '' : 's'} spooled`
+      + (dead ? ` · ${dead} dead letter${dead === 1 ? '' : 's'}: llmfleet ledger dead-letters` : ' · no dead letters')));
+  }
   const cooling = report.providers_in_cooldown ?? [];
   for (const provider of fleet?.providers ?? []) {
     const mine = cooling.filter((c) => c.route.startsWith(`${provider.name}:`));

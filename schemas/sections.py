@@ -1,0 +1,152 @@
+"""The sections of the fleet file, one class each: providers, models with prices, tiers
+with model chains, retries, the breaker, beat's intervals, budgets, the cache,
+experiments. ``schemas.config.FleetConfig`` puts them together and checks what refers to
+what; each section checks its own keys (an unknown one is refused)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.errors import ExperimentError
+from schemas.experiments import check_definition
+
+__all__ = [
+    "BeatConfig",
+    "BreakerConfig",
+    "BudgetConfig",
+    "CacheConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "Section",
+    "TierConfig",
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(Section):
+    """One provider endpoint and how to reach it."""
+
+    kind: Literal["openai", "anthropic"]
+    base_url: str = Field(pattern=r"^https?://")
+    #: Name of the environment variable holding the key (never the key itself).
+    api_key_env: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    #: Most texts one embeddings request may carry.
+    max_batch_inputs: int = Field(default=2048, ge=1)
+
+
+class ModelConfig(Section):
+    """One model: who serves it and what its tokens cost (USD per million)."""
+
+    provider: str
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    context_window: int = Field(gt=0)
+    #: The name sent to the provider, when it differs from the fleet's name.
+    wire_name: str | None = None
+    #: Output dimensions, for embedding models.
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+class TierConfig(Section):
+    """A tier: its model chain (primary first) and per-tier overrides."""
+
+    models: list[str] = Field(min_length=1)
+    #: Retries per model for this tier; None inherits ``[retry].max_retries``.
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    default_max_tokens: int | None = Field(default=None, ge=1)
+
+
+class RetryConfig(Section):
+    """Retries of one model before the chain moves on (full-jitter backoff)."""
+
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    #: A Retry-After longer than this is not waited for: the chain moves on.
+    retry_after_max_s: float = Field(default=20.0, ge=0)
+
+
+class BreakerConfig(Section):
+    """When a model route keeps failing, every worker skips it for a cool-down."""
+
+    failure_threshold: int = Field(default=8, ge=1)
+    window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class BeatConfig(Section):
+    """Seconds between runs of each periodic task."""
+
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    enforce_budgets_s: float = Field(default=60.0, gt=0)
+    rollup_metrics_s: float = Field(default=300.0, gt=0)
+    purge_expired_s: float = Field(default=3600.0, gt=0)
+
+
+class BudgetConfig(Section):
+    """A spending limit over a period and a scope."""
+
+    name: str
+    limit_usd: float = Field(gt=0)
+    period: Literal["daily", "weekly", "monthly"] = "daily"
+    scope: str = Field(default="global", pattern=r"^(global|(agent|user|tier|model):.+)$")
+    alert_threshold: float = Field(default=0.8, gt=0, le=1)
+    action: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = None
+
+
+class CacheConfig(Section):
+    """The response cache (``[cache]``); ENABLE_LLM_CACHE, CACHE_TTL_SECONDS and
+    CACHE_MAX_SIZE in the environment turn it on and size it."""
+
+    #: Jobs sampled hotter than this are not served from the cache unless they ask
+    #: (``cache="use"``): their callers want a fresh draw, not a repeat.
+    max_temperature: float = Field(default=0.5, ge=0, le=2)
+    #: The longest a job waits for an identical job in flight before calling on its own.
+    coalesce_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Tiers whose misses are also looked up by meaning (embeddings), not only exactly.
+    semantic_tiers: list[str] = Field(default_factory=list)
+    #: Cosine similarity a semantic match needs; high, because a near miss (another
+    #: number, a negation) served as a hit is a wrong answer.
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1)
+    #: The embeddings model of the semantic cache; None: the embeddings tier's first.
+    semantic_model: str | None = None
+
+
+class ExperimentConfig(Section):
+    """An A/B experiment declared in the fleet file (``[[experiments]]``); the fleet
+    writes it to Postgres the first time it is used, with ``status``. A definition never
+    changes there afterwards (its outcomes were measured against it): to change one,
+    declare a new experiment."""
+
+    name: str = Field(min_length=1, max_length=200)
+    unit: str = "user"
+    primary_metric: str = "success_rate"
+    variants: list[dict[str, Any]]
+    alpha: float = 0.05
+    evaluator: dict[str, Any] | None = None
+    status: Literal["draft", "running"] = "running"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+            return data  # pydantic names what is missing or of the wrong type
+        try:
+            variants, evaluator = check_definition(
+                str(data.get("name", "")), data.get("unit", "user"),
+                data.get("primary_metric", "success_rate"), data["variants"],
+                data.get("alpha", 0.05), data.get("evaluator"))
+        except ExperimentError as exc:
+            raise ValueError(exc.message) from None
+        return {**data, "variants": variants, "evaluator": evaluator}
