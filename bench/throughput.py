@@ -37,7 +37,6 @@ one row per fleet job, or the accounting lost some under load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -45,120 +44,38 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the project and bench importable
     sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
+from bench._fleet import Ledger, Services, check_ledger, child_env, services, tail_logs  # noqa: E402
 from bench._measure import (  # noqa: E402
-    CPU_GROUPS,
     Observer,
     Phase,
     closed_loop,
     log,
-    round_or_none,
     round_trips,
 )
 from bench._noop_app import NOOP, QUEUE, make_app  # noqa: E402
 from bench._simulator import sim_request, start_simulator  # noqa: E402
+from bench._throughput_report import Options, render, verdicts  # noqa: E402
 from schemas import CompletionResult, Settings, load_config  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
 from workers.devstack.supervisor import Supervisor  # noqa: E402
 
-GOAL_BATCH_JOBS_S = 500.0
-GOAL_SINGLE_RATIO = 0.8
-GOAL_ADDED_P50_MS = 2.0
-PROVIDER_KEYS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 JOB_TIMEOUT_S = 30.0
-BUSY_OTHER_PCT = 25.0  # more than this elsewhere on the machine: the figures are low bounds
 
 
 # -- the system under test ----------------------------------------------------------------
-
-
-@dataclass
-class Options:
-    jobs: int
-    batch_jobs: int
-    in_flight: int
-    latency_ms: float
-    workers: int
-    concurrency: int
-    batch_size: int
-    batches_in_flight: int
-    samples: int
-    tier: str
-    redis_db: int
-    phase_limit_s: float
-    env: dict[str, str]
-    as_json: bool
-
-
-@dataclass(frozen=True)
-class Services:
-    redis_url: str
-    database_url: str
-    postgres_pid: int  # 0 when not ours
-
-
-@contextlib.contextmanager
-def services(tmp: Path, db: int) -> Iterator[Services]:
-    """Redis: REDIS_URL with db ``db`` (flushed before and after, and only it), else an
-    embedded one in ``tmp``. Postgres (the ledger): DATABASE_URL, else an embedded one
-    in ``tmp``, migrated here. Embedded servers are stopped afterwards."""
-    from workers.devstack.embedded import ensure_stack, stop_stack
-    from workers.store.engines import migrate
-
-    external_redis, external_pg = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
-    flush: redis.Redis | None = None
-    try:
-        info = ensure_stack(tmp, redis=not external_redis, postgres=not external_pg)
-        redis_url = info.redis_url
-        if external_redis:
-            redis_url = urlunsplit(urlsplit(external_redis)._replace(path=f"/{db}"))
-            flush = redis.Redis.from_url(redis_url)
-            flush.flushdb()
-        pg_pid = 0
-        if not external_pg:
-            migrate(info.database_url)
-            pg_pid = json.loads((tmp / "stack.json").read_text())["postgres"]["pid"]
-        yield Services(redis_url, external_pg or info.database_url, pg_pid)
-    finally:
-        if flush is not None:
-            flush.flushdb()
-            flush.close()
-        stop_stack(tmp)
-
-
-def child_env(found: Services, tmp: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_KEYS}
-    path = env.get("PYTHONPATH")
-    env.update(REDIS_URL=found.redis_url, DATABASE_URL=found.database_url,
-               LLMFLEET_DATA_DIR=str(tmp),
-               PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
-    env.update(extra)
-    return env
-
-
-def tail_logs(log_dir: Path, lines: int = 15) -> None:
-    for path in sorted(log_dir.glob("*.log")):
-        text = path.read_text("utf-8", "replace").strip().splitlines()[-lines:]
-        log(f"--- {path.name}\n" + "\n".join(text))
-
-
-# -- the phases -----------------------------------------------------------------------------
 
 
 def run_celery(opts: Options, url: str, env: dict[str, str], log_dir: Path,
@@ -194,40 +111,6 @@ def run_celery(opts: Options, url: str, env: dict[str, str], log_dir: Path,
     finally:
         sup.stop()
         app.close()
-
-
-@dataclass
-class Ledger:
-    """The accounting check: a row per fleet job this run submitted."""
-
-    jobs: int
-    rows: int | None  # None: accounting is off
-    spooled: int
-
-
-def check_ledger(settings: Settings, found: Services, agent: str, jobs: int) -> Ledger:
-    """Wait (a little) for the workers' flusher to drain the spool, then count rows."""
-    if not settings.enable_cost_tracking:
-        return Ledger(jobs, None, 0)
-    from sqlalchemy import func, select
-
-    from schemas.keys import LEDGER_SPOOL
-    from schemas.tables import job_ledger
-    from workers.store.engines import sync_engine
-
-    client = redis.Redis.from_url(found.redis_url)
-    query = select(func.count()).select_from(job_ledger).where(job_ledger.c.agent == agent)
-    deadline, rows, spooled = time.monotonic() + 15, 0, 0
-    with contextlib.closing(client):
-        while time.monotonic() < deadline:
-            spooled = int(client.llen(LEDGER_SPOOL))
-            with sync_engine(found.database_url).connect() as connection:
-                rows = int(connection.execute(query).scalar_one())
-            if rows >= jobs or (spooled == 0 and rows):
-                break
-            time.sleep(0.5)
-    sync_engine(found.database_url).dispose()
-    return Ledger(jobs, rows, spooled)
 
 
 def run_fleet(opts: Options, found: Services, env: dict[str, str], log_dir: Path,
@@ -302,79 +185,6 @@ def run_fleet(opts: Options, found: Services, env: dict[str, str], log_dir: Path
 
 
 # -- the report -------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def verdicts(phases: dict[str, Phase]) -> dict[str, Any]:
-    celery_rate, single_rate = phases["celery"].rate, phases["single"].rate
-    ratio = single_rate / celery_rate if celery_rate else 0.0
-    celery_p50 = phases["celery_rt"].percentile(50)
-    fleet_p50 = phases["fleet_rt"].percentile(50)
-    added = None if celery_p50 is None or fleet_p50 is None else fleet_p50 - celery_p50
-    return {
-        "single_over_celery": {"value": round(ratio, 3), "goal": f">= {GOAL_SINGLE_RATIO}",
-                               "met": ratio >= GOAL_SINGLE_RATIO},
-        "batch_jobs_per_s": {"value": round(phases["batch"].rate, 1),
-                             "goal": f">= {GOAL_BATCH_JOBS_S:g}",
-                             "met": phases["batch"].rate >= GOAL_BATCH_JOBS_S},
-        "batch_over_celery": {"value": round(phases["batch"].rate / celery_rate, 3)
-                              if celery_rate else 0.0},
-        "added_p50_ms": {"value": round_or_none(added), "goal": f"<= {GOAL_ADDED_P50_MS:g}",
-                         "met": added is not None and added <= GOAL_ADDED_P50_MS},
-    }
-
-
-def render(opts: Options, phases: dict[str, Phase], goals: dict[str, Any],
-           ledger: Ledger) -> str:
-    extra = " ".join(f"{k}={v}" for k, v in opts.env.items())
-    lines = [f"llmfleet throughput: simulator {opts.latency_ms:g} ms, {opts.workers} worker "
-             f"process(es) x {opts.concurrency} threads, {os.cpu_count()} CPUs, loopback"
-             + (f", {extra}" if extra else ""), "",
-             f"{'phase':<43}{'jobs':>6}{'err':>5}{'secs':>7}{'jobs/s':>8}{'p50 ms':>8}"
-             f"{'p99 ms':>8}{'redis/job':>10}{'cpu ms/job':>11}{'wlog':>6}   cpu %: "
-             + "/".join(CPU_GROUPS)]
-    for phase in phases.values():
-        cpu = "/".join(f"{phase.cpu.get(k, 0):.0f}" for k in CPU_GROUPS)
-        name = phase.name + (" (cut)" if phase.cut else "")
-        lines.append(f"{name:<43}{phase.jobs:>6}{phase.errors:>5}{phase.seconds:>7.2f}"
-                     f"{phase.rate:>8.1f}{_ms(phase.percentile(50)):>8}"
-                     f"{_ms(phase.percentile(99)):>8}"
-                     f"{phase.redis_commands / max(phase.jobs, 1):>10.1f}"
-                     f"{phase.cpu_ms_per_job:>11.2f}"
-                     f"{sum(phase.worker_log.values()):>6}   {cpu}")
-        if phase.error_kinds:
-            lines.append(f"    errors: {dict(phase.error_kinds)}")
-        for message, count in phase.worker_log.most_common(3):
-            lines.append(f"    worker log x{count}: {message}")
-
-    def mark(goal: dict[str, Any]) -> str:
-        return "met" if goal["met"] else "NOT met"
-
-    single, batch, added = (goals["single_over_celery"], goals["batch_jobs_per_s"],
-                            goals["added_p50_ms"])
-    lines += ["(p50/p99 of throughput phases: per call under load, a job or a whole batch)", "",
-              f"single-job / plain celery   {single['value']:>8.2f}    goal {single['goal']:<8}"
-              f" {mark(single)}",
-              f"batch jobs/s                {batch['value']:>8.1f}    goal {batch['goal']:<8}"
-              f" {mark(batch)}   ({goals['batch_over_celery']['value']:.2f}x plain celery)",
-              f"added p50 over celery (ms)  {_ms(added['value']):>8}    goal {added['goal']:<8}"
-              f" {mark(added)}   (fleet {_ms(phases['fleet_rt'].percentile(50))} - celery "
-              f"{_ms(phases['celery_rt'].percentile(50))})"]
-    if ledger.rows is None:
-        lines.append("ledger: accounting off")
-    else:
-        lost = ledger.jobs - ledger.rows - ledger.spooled
-        ok = "ok" if ledger.rows == ledger.jobs else f"{lost} LOST" if lost > 0 else "late"
-        lines.append(f"ledger: {ledger.rows} rows for {ledger.jobs} fleet jobs, "
-                     f"{ledger.spooled} still spooled after 15 s: {ok}")
-    busy = max(p.cpu.get("other", 0) for p in phases.values())
-    if busy > BUSY_OTHER_PCT:
-        lines.append(f"note: other work used up to {busy:.0f}% of a core during a phase: "
-                     "these figures are low bounds")
-    return "\n".join(lines)
 
 
 def run(opts: Options) -> int:

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypedDict
 
+import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -51,16 +52,11 @@ def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no procfs: trust kill(0)
-    return state not in ("Z", "X")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -147,8 +143,10 @@ def _recorded_pid(data_dir: Path) -> int:
 def _is_redis(pid: int) -> bool:
     """Guard against signalling an unrelated process that reused a stale PID."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("redis-server")
-    except OSError:
+        return psutil.Process(pid).name().startswith("redis-server")
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
         return pid_alive(pid)
 
 

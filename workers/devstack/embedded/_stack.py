@@ -7,7 +7,6 @@ racing callers start at most one server of each kind and the rest join it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from workers.devstack.embedded._postgres import (
     PG_SUBDIR,
@@ -63,13 +64,10 @@ def _resolve(data_dir: Path | None, *, create: bool = True) -> Path:
 
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    """Exclusive cross-process lock; released by the kernel even if we crash."""
-    with (data_dir / LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    """Exclusive cross-process lock (filelock over flock: released by the kernel even if
+    we crash)."""
+    with FileLock(data_dir / LOCK_FILE):
+        yield
 
 
 def _valid(entry: Any) -> bool:

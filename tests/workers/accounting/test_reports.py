@@ -7,66 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
-from sqlalchemy import Engine, delete, insert
+from sqlalchemy import Engine, insert
 
 from schemas import FleetConfig, load_fleet_config, parse_fleet_config, parse_since
-from schemas.tables import job_ledger, metrics_rollup
+from schemas.tables import metrics_rollup
+from tests.workers.accounting.conftest import add, row
 from workers.accounting.budgets import budget_key, period_of
 from workers.accounting.reports import agent_stats, budgets_state
 from workers.accounting.reports import costs as cost_report
 from workers.accounting.reports import stats as stats_report
 from workers.cli.reports import REPORT_COMMANDS, budgets, costs, stats
-from workers.store.engines import migrate, sync_engine
 
 UTC = dt.UTC
-
-
-@pytest.fixture(scope="module")
-def engine(services: tuple[str, str | None]) -> Engine:
-    database_url = services[1]
-    assert database_url is not None
-    migrate(database_url)
-    return sync_engine(database_url)
-
-
-@pytest.fixture(scope="module")
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture()
-def tag(engine: Engine, client: redis.Redis) -> Iterator[str]:
-    name = f"tr-{uuid.uuid4().hex[:12]}"
-    yield name
-    with engine.begin() as connection:
-        connection.execute(delete(job_ledger).where(job_ledger.c.agent.startswith(name)))
-        connection.execute(delete(metrics_rollup).where(metrics_rollup.c.agent.startswith(name)))
-    for key in client.scan_iter(f"llmfleet:budget:{name}*"):
-        client.delete(key)
-
-
-def row(agent: str, at: dt.datetime, cost: float = 0.0, **fields: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "job_id": uuid.uuid4().hex, "kind": "completion", "agent": agent, "tier": "simple",
-        "model": "m-small", "user_id": None, "status": "succeeded", "cache_hit": False,
-        "attempts": 1, "fallback_used": False, "prompt_tokens": 10, "completion_tokens": 5,
-        "cached_tokens": 0, "usage_estimated": False, "cost_usd": cost, "cost_saved_usd": 0,
-        "latency_ms": 100.0, "metadata": {}, "created_at": at, "finished_at": at}
-    return {**values, **fields}
-
-
-def add(engine: Engine, *rows: dict[str, Any]) -> None:
-    with engine.begin() as connection:
-        connection.execute(insert(job_ledger), list(rows))
 
 
 def mine(rows: list[dict[str, Any]], key: str, tag: str) -> list[dict[str, Any]]:

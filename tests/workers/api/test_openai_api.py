@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.api.conftest import BROKE_BUDGET
+from tests.workers.api.conftest import BROKE_BUDGET
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from schemas import CacheConfig, CompletionJob, FleetConfig
-from tests.workers.test_cache import Provider, job, run, steps, uid
+from tests.workers.caching.helpers import Provider, job, run, steps, uid
 from workers.caching.semantic import DIMENSIONS, cosine, guard_of, pack, unpack
 from workers.devstack.simulator._embeddings import embed
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, insert
 
 from schemas import BudgetConfig, FleetConfig
 from schemas.tables import job_ledger
-from tests.api.conftest import ADMIN_KEY
+from tests.workers.api.conftest import ADMIN_KEY
 from workers.accounting.alerts import Alerter
 from workers.accounting.periodic import enforce_budgets
 from workers.api import breakdowns

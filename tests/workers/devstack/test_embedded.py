@@ -29,7 +29,7 @@ from workers.devstack.embedded import (
     stop_stack,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Runs ensure_stack in a separate process, optionally waiting for a wall-clock instant so
 # that two such processes race for real, and prints what it got as JSON.

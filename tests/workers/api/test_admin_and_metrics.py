@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from schemas import parse_since
 from schemas.tables import job_ledger
-from tests.api.conftest import ADMIN_KEY
+from tests.workers.api.conftest import ADMIN_KEY
 from workers.accounting import reports
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

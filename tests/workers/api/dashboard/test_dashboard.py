@@ -1,221 +1,34 @@
-"""The dashboard in a real browser: Debian's chromium driven by Playwright against a
-running ``llmfleet api``, after a run of jobs (two agents, a cache hit, a rejected job,
-an experiment with outcomes) and with a real beat (heartbeat, budget alerts)."""
+"""The dashboard in a real browser, after a run of jobs (the fixtures: conftest.py)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
-from openai import OpenAI
-from playwright.sync_api import Browser, Page, sync_playwright
-from sqlalchemy import Engine, select
+from playwright.sync_api import Browser
 
-from schemas import FleetConfig
-from schemas.keys import BEAT_LAST_RUN
-from schemas.tables import budget_alerts
-from tasks import FleetClient
-from tests.api.conftest import ADMIN_KEY, DASH_BUDGET
-from tests.conftest import stop_process, wait_until
-from workers.api.keys import create_key
+from tests.workers.api.conftest import ADMIN_KEY, DASH_BUDGET
+from tests.workers.api.dashboard.conftest import (
+    ARTIFACTS,
+    CHARTS,
+    DATA_PAGES,
+    PANELS,
+    ROOT,
+    Watched,
+    api_json,
+    next_refresh,
+    open_dashboard,
+)
 
 pytestmark = pytest.mark.timeout(900)  # the first test may install chromium
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-PANELS = ["throughput", "latency", "cost-model", "cache", "agents", "users", "budgets",
-          "queues", "experiments", "health", "alerts"]
-CHARTS = ["throughput", "latency", "cost-model", "cache", "agents", "users", "budgets",
-          "queues", "experiments"]
-DATA_PAGES = ["overview", "metrics?time_range=24h", "spend?time_range=24h", "costs",
-              "experiments", "alerts", "fleet", "stats"]
-
-
-# -- chromium ------------------------------------------------------------------------
-
-def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (the tests run as root)."""
-    if CHROMIUM.exists():
-        return str(CHROMIUM)
-    if not any(Path("/var/lib/apt/lists").glob("*Packages*")):
-        _apt("update")
-    done = _apt("install", "-y", "--no-install-recommends", "chromium")
-    if done.returncode != 0:  # a stale package list: refresh it once and retry
-        _apt("update")
-        done = _apt("install", "-y", "--no-install-recommends", "chromium")
-    if done.returncode != 0 or not CHROMIUM.exists():
-        pytest.fail("the dashboard tests need chromium at /usr/bin/chromium, and "
-                    "`apt-get install -y --no-install-recommends chromium` failed:\n"
-                    + (done.stderr or done.stdout)[-2000:])
-    return str(CHROMIUM)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-# -- a fleet with something to show ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def beat(api_env: dict[str, str], redis_url: str,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """``llmfleet beat`` on the API's fleet file, its intervals shortened to seconds."""
-    path = tmp_path_factory.mktemp("dash-beat") / "fleet.toml"
-    path.write_text(Path(api_env["LLMFLEET_CONFIG"]).read_text() + """
-[beat]
-heartbeat_s = 1
-enforce_budgets_s = 1
-rollup_metrics_s = 30
-""")
-    log = (path.parent / "beat.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "beat", "--loglevel",
-                                "WARNING"], env={**api_env, "LLMFLEET_CONFIG": str(path)},
-                               stdout=log, stderr=subprocess.STDOUT)
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.delete(BEAT_LAST_RUN)
-        wait_until(lambda: process.poll() is None and client.exists(BEAT_LAST_RUN),
-                   timeout=60)
-        yield
-    finally:
-        client.close()
-        stop_process(process)
-        log.close()
-
-
-def _chat(url: str, key: str, prompts: list[str], model: str = "simple") -> None:
-    with OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
-        for prompt in prompts:
-            # temperature 0 and room for the whole answer: a repeat is then a cache hit
-            client.chat.completions.create(model=model, max_tokens=64, temperature=0,
-                                           messages=[{"role": "user", "content": prompt}])
-
-
-def _experiment(redis_url: str, fleet: FleetConfig) -> str:
-    """A running experiment over two models, twelve users' jobs and their outcomes."""
-    name = f"dash-exp-{uuid.uuid4().hex[:6]}"
-    with FleetClient(redis_url=redis_url, fleet=fleet, agent="dash-experimenter") as client:
-        client.experiments.create(name, unit="user", primary_metric="success_rate", variants=[
-            {"name": "mini", "model": "openai/gpt-4o-mini", "weight": 1},
-            {"name": "haiku", "model": "anthropic/claude-3-haiku", "weight": 1}])
-        client.experiments.start(name)
-        handles = [client.submit([{"role": "user", "content": f"exp {i} {uuid.uuid4().hex}"}],
-                                 experiment=name, user=f"user-{i}", max_tokens=16)
-                   for i in range(12)]
-        for i, handle in enumerate(handles):
-            result = handle.get(timeout=60)
-            good = i % 4 != 0 if result.variant == "mini" else i % 2 == 0
-            client.feedback(result.job_id, success=good)
-    return name
-
-
-@pytest.fixture(scope="module")
-def fleet_data(api_url: str, engine: Engine, api_fleet: FleetConfig, redis_url: str,
-               simulator: Any, spool_empty: Any, beat: None) -> dict[str, Any]:
-    """Jobs of two agents (one past its budget's alert threshold), a cache hit, a job
-    refused by a budget, and an experiment; then the ledger and beat caught up."""
-    simulator.configure(latency_ms=40, jitter_ms=30, error_rate=0, rate_limit_rate=0,
-                        fail_models={}, known_models=None, context_limits={},
-                        omit_usage=False)
-    try:
-        coder = create_key(engine, "dash-coder", "alice")[1]
-        planner = create_key(engine, "dash-planner", "bob")[1]
-        broke = create_key(engine, "broke", "carol")[1]
-        _chat(api_url, coder, [f"write parser {i} {uuid.uuid4().hex}" for i in range(8)])
-        _chat(api_url, planner, [f"plan {i} {uuid.uuid4().hex}" for i in range(3)], "medium")
-        _chat(api_url, planner, ["the same question, asked three times"] * 3)
-        with pytest.raises(openai.RateLimitError):
-            _chat(api_url, broke, ["over budget"])
-        experiment = _experiment(redis_url, api_fleet)
-    finally:
-        simulator.configure(latency_ms=0, jitter_ms=0)
-    spool_empty()
-    query = select(budget_alerts.c.id).where(budget_alerts.c.budget == DASH_BUDGET)
-
-    def alerted() -> bool:
-        with engine.connect() as connection:
-            return connection.execute(query).first() is not None
-
-    wait_until(alerted, timeout=30)
-    return {"experiment": experiment}
-
-
-# -- pages ---------------------------------------------------------------------------
-
-class Watched:
-    """A page with its console errors, page errors and every URL it requested."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.errors: list[str] = []
-        self.urls: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        page.on("request", lambda r: self.urls.append(r.url))
-
-
-def _open(browser: Browser, api_url: str, **context: Any) -> Watched:
-    watched = Watched(browser.new_context(**context).new_page())
-    watched.page.goto(f"{api_url}/dashboard")
-    watched.page.wait_for_selector("body[data-state=login]")
-    return watched
-
-
-@pytest.fixture(scope="module")
-def dashboard(browser: Browser, api_url: str, fleet_data: dict[str, Any]
-              ) -> Iterator[Watched]:
-    """Logged in through the form, on a laptop-sized screen, first refresh done."""
-    watched = _open(browser, api_url, viewport={"width": 1440, "height": 900})
-    watched.page.fill("#key", ADMIN_KEY)
-    watched.page.click("#login-form button[type=submit]")
-    watched.page.wait_for_selector("body[data-state=ready]", timeout=30_000)
-    yield watched
-    watched.page.context.close()
-
-
-def _api(http: httpx.Client, page: str) -> Any:
-    response = http.get(f"/api/admin/ml-ops/{page}", headers=ADMIN)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _next_refresh(page: Page) -> None:
-    """Wait for a refresh that started after now, so the page holds the latest figures."""
-    count = int(page.evaluate("document.body.dataset.refreshes || '0'"))
-    # (a function, not a string: the page's CSP forbids the eval a string would need)
-    page.wait_for_function("n => Number(document.body.dataset.refreshes) >= n",
-                           arg=count + 2, timeout=30_000)
 
 
 # -- tests -----------------------------------------------------------------------------
 
 def test_a_wrong_key_at_login_says_so(browser: Browser, api_url: str) -> None:
-    watched = _open(browser, api_url)
+    watched = open_dashboard(browser, api_url)
     page = watched.page
     page.fill("#key", "not-the-admin-key")
     with page.expect_response("**/dashboard/login") as answer:
@@ -232,7 +45,7 @@ def test_a_wrong_key_at_login_says_so(browser: Browser, api_url: str) -> None:
 def test_without_a_session_the_data_calls_answer_401(browser: Browser, api_url: str,
                                                      fleet_data: dict[str, Any]) -> None:
     # Given the page opened with no session
-    watched = _open(browser, api_url)
+    watched = open_dashboard(browser, api_url)
     page = watched.page
     # Then it asked for no figures and shows none
     assert not [u for u in watched.urls if "/api/admin/ml-ops/" in u]
@@ -248,7 +61,7 @@ def test_without_a_session_the_data_calls_answer_401(browser: Browser, api_url: 
 def test_every_panel_is_filled_after_a_run_of_jobs(dashboard: Watched,
                                                    fleet_data: dict[str, Any]) -> None:
     page = dashboard.page
-    _next_refresh(page)
+    next_refresh(page)
     filled = page.evaluate("""ids => Object.fromEntries(ids.map(
         id => [id, document.getElementById('panel-' + id).dataset.filled]))""", PANELS)
     assert filled == dict.fromkeys(PANELS, "true")
@@ -268,9 +81,10 @@ def test_every_panel_is_filled_after_a_run_of_jobs(dashboard: Watched,
 def test_the_figures_are_the_apis(dashboard: Watched, http: httpx.Client,
                                   fleet_data: dict[str, Any]) -> None:
     page = dashboard.page
-    _next_refresh(page)
-    metrics, spend = _api(http, "metrics?time_range=24h"), _api(http, "spend?time_range=24h")
-    overview, alerts = _api(http, "overview"), _api(http, "alerts?limit=15")
+    next_refresh(page)
+    metrics = api_json(http, "metrics?time_range=24h")
+    spend = api_json(http, "spend?time_range=24h")
+    overview, alerts = api_json(http, "overview"), api_json(http, "alerts?limit=15")
     kpis = dict(zip(page.locator(".kpi-name").all_inner_texts(),
                     page.locator(".kpi-value").all_inner_texts(), strict=True))
     assert kpis["Jobs"] == f"{metrics['totals']['jobs']:,}"
@@ -308,7 +122,7 @@ def test_the_figures_are_the_apis(dashboard: Watched, http: httpx.Client,
 
 def test_a_screenshot_on_a_laptop_and_on_a_phone(dashboard: Watched) -> None:
     page = dashboard.page
-    _next_refresh(page)
+    next_refresh(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     docs = ROOT / "docs" / "dashboard.png"
@@ -346,9 +160,9 @@ def test_the_filters_narrow_the_figures_and_empty_panels_say_why(
     # When the agent filter picks dash-coder
     with page.expect_response(lambda r: "agent=dash-coder" in r.url and "/metrics?" in r.url):
         page.select_option("#filter-agent", "dash-coder")
-    _next_refresh(page)
+    next_refresh(page)
     # Then the totals are that agent's, as the API has them
-    mine = _api(http, f"metrics?time_range={range_}&agent=dash-coder")["totals"]
+    mine = api_json(http, f"metrics?time_range={range_}&agent=dash-coder")["totals"]
     assert page.inner_text(".kpi:first-child .kpi-value") == f"{mine['jobs']:,}"
     assert "agent dash-coder" in page.inner_text("#scope")
     # And with a model it never used, the time panels are empty and say what to do
@@ -367,13 +181,13 @@ def test_a_fresh_fleet_shows_how_to_fill_each_panel(browser: Browser, api_url: s
     # Given the admin API answering as for a fleet that has run nothing yet (the API's
     # own answers for an agent that never ran, and no budget, worker or experiment)
     nobody = "time_range=24h&agent=nobody-ever"
-    overview = _api(http, "overview")
+    overview = api_json(http, "overview")
     overview.update(budgets=[], workers={"up": 0, "names": [], "per_queue": dict.fromkeys(
         overview["queue_depths"], 0)})
-    answers = {"/overview": overview, "/metrics?": _api(http, f"metrics?{nobody}"),
-               "/spend?": _api(http, f"spend?{nobody}"),
+    answers = {"/overview": overview, "/metrics?": api_json(http, f"metrics?{nobody}"),
+               "/spend?": api_json(http, f"spend?{nobody}"),
                "/experiments": {"experiments": []}, "/alerts?": {"alerts": []}}
-    watched = _open(browser, api_url)
+    watched = open_dashboard(browser, api_url)
     page = watched.page
 
     def fresh(route: Any) -> None:

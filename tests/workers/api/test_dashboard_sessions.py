@@ -12,7 +12,7 @@ from http.cookies import SimpleCookie
 import httpx
 import pytest
 
-from tests.api.conftest import ADMIN_KEY
+from tests.workers.api.conftest import ADMIN_KEY
 from workers.api import sessions
 from workers.api.dashboard import plotly_name
 
