@@ -54,7 +54,9 @@ def test_model_names_a_tier_or_a_model(client: OpenAI, sim: Any) -> None:
 
 
 def test_embeddings_in_base64_and_in_floats(client: OpenAI, sim: Any) -> None:
-    texts = ["routing in the app router", "pricing of tokens"]
+    # Texts of this test only: a cache hit would answer 0 prompt tokens.
+    run = uuid.uuid4().hex[:8]
+    texts = [f"routing in the app router {run}", f"pricing of tokens {run}"]
     default = client.embeddings.create(model="embeddings", input=texts, dimensions=64)
     floats = client.embeddings.create(model="openai/text-embedding-3-small", input=texts,
                                       dimensions=64, encoding_format="float")
