@@ -4,56 +4,83 @@ made: by an agent (``client.experiments.create``), the CLI, or the fleet file.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import ExperimentError
 from schemas.evaluators import check_evaluator
 
-__all__ = ["METRICS", "UNITS", "check_definition"]
+__all__ = ["METRICS", "UNITS", "ExperimentDefinition", "Variant", "check_definition"]
 
 #: What an experiment may randomise on.
 UNITS = ("user", "agent", "job")
 #: What it may measure: the rate of successful outcomes, or their mean score.
 METRICS = ("success_rate", "score")
-_VARIANT_KEYS = {"name", "weight", "template", "version", "model", "tier"}
+
+
+class Variant(BaseModel):
+    """One arm: what it changes (a template version, a model, a tier) and its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str = Field(min_length=1, max_length=200)
+    weight: float = Field(default=1, gt=0)
+    template: str | None = None
+    version: int | None = Field(default=None, ge=1, strict=True)
+    model: str | None = None
+    tier: str | None = None
+
+    @model_validator(mode="after")
+    def _version_needs_template(self) -> Variant:
+        if self.version is not None and not self.template:
+            raise ValueError("a version needs a template")
+        return self
+
+
+class ExperimentDefinition(BaseModel):
+    """A whole definition; ``evaluator`` as ``schemas.evaluators`` checks it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    unit: Literal["user", "agent", "job"] = "user"
+    primary_metric: Literal["success_rate", "score"] = "success_rate"
+    variants: list[Variant] = Field(min_length=2)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    evaluator: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ExperimentDefinition:
+        if len({v.name for v in self.variants}) != len(self.variants):
+            raise ValueError("variant names must be unique")
+        return self
+
+
+def _why(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{where}: {message}" if where else message
 
 
 def check_definition(name: str, unit: str, primary_metric: str,
                      variants: Sequence[Mapping[str, Any]], alpha: float,
                      evaluator: Mapping[str, Any] | None = None
                      ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The variants and evaluator, normalised; ExperimentError naming what is wrong."""
-    def fail(why: str) -> ExperimentError:
-        return ExperimentError(f"experiment {name!r}: {why}", experiment=name)
-
-    if not name or len(name) > 200:
-        raise fail("a name of 1 to 200 characters is needed")
-    if unit not in UNITS:
-        raise fail(f"unit must be one of {UNITS}, not {unit!r}")
-    if primary_metric not in METRICS:
-        raise fail(f"primary_metric must be one of {METRICS}, not {primary_metric!r}")
-    if not isinstance(alpha, int | float) or not 0 < alpha < 0.5:
-        raise fail(f"alpha must be in (0, 0.5), not {alpha}")
-    if len(variants) < 2:
-        raise fail("at least two variants are needed")
-    clean: list[dict[str, Any]] = []
-    for variant in variants:
-        if not isinstance(variant, Mapping):
-            raise fail("each variant is a table: name, weight, template, version, model, tier")
-        unknown = set(variant) - _VARIANT_KEYS
-        if unknown or not variant.get("name"):
-            raise fail(f"a variant needs a name and takes only {sorted(_VARIANT_KEYS)}")
-        weight = variant.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-            raise fail(f"variant {variant['name']!r}: weight must be a positive number")
-        version = variant.get("version")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                    or version < 1):
-            raise fail(f"variant {variant['name']!r}: version must be a whole number >= 1")
-        if version is not None and not variant.get("template"):
-            raise fail(f"variant {variant['name']!r}: a version needs a template")
-        clean.append({**variant, "name": str(variant["name"]), "weight": weight})
-    if len({v["name"] for v in clean}) != len(clean):
-        raise fail("variant names must be unique")
+    """The variants (as JSON-able dicts, only the keys set) and the evaluator,
+    normalised; ExperimentError naming what is wrong."""
+    try:
+        definition = ExperimentDefinition.model_validate({
+            "name": name, "unit": unit, "primary_metric": primary_metric,
+            "variants": list(variants), "alpha": alpha})
+    except ValidationError as exc:
+        raise ExperimentError(f"experiment {name!r}: {_why(exc)}", experiment=name) from None
     spec = None if evaluator is None else check_evaluator(evaluator, name)
+    clean = [v.model_dump(exclude_none=True) for v in definition.variants]
+    for variant in clean:  # a whole weight stays whole, as written
+        if float(variant["weight"]).is_integer():
+            variant["weight"] = int(variant["weight"])
     return clean, spec
