@@ -151,12 +151,14 @@ class ClientClosedError(FleetError):
 
 
 class ProviderError(FleetError):
-    """One call to a provider failed."""
+    """One call to a provider failed; ``retry_after``: seconds the provider asked us to
+    wait (its Retry-After header), whatever the status."""
 
-    field_names: ClassVar[tuple[str, ...]] = ("provider", "model", "status_code")
+    field_names: ClassVar[tuple[str, ...]] = ("provider", "model", "status_code", "retry_after")
     provider: str | None
     model: str | None
     status_code: int | None
+    retry_after: float | None
     #: Worth another try of the same model after a backoff.
     retryable: ClassVar[bool] = False
     #: Another model of the tier's chain may succeed where this one failed.
@@ -171,10 +173,7 @@ class RetryableProviderError(ProviderError):
 
 
 class RateLimitError(RetryableProviderError):
-    """429: the provider asks us to slow down; ``retry_after`` in seconds if it said."""
-
-    field_names: ClassVar[tuple[str, ...]] = ("retry_after",)
-    retry_after: float | None
+    """429: the provider asks us to slow down (for ``retry_after`` seconds, if it said)."""
 
 
 class ProviderOverloadedError(RetryableProviderError):

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from schemas import Attempt, ProviderError, RateLimitError, RetryConfig
+from schemas import Attempt, ProviderError, RetryConfig
 from workers.pipeline.breaker import Breaker, route_key
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.retry import compute_backoff
@@ -71,7 +71,7 @@ class AttemptRunner:
             return None
         delay = compute_backoff(attempt, base=self.retry.backoff_base_s,
                                 cap=self.retry.backoff_max_s, rng=self.rng)
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        if exc.retry_after is not None:  # the provider said when: a 429 or a 503
             if exc.retry_after > self.retry.retry_after_max_s:
                 return None  # the provider asks for longer than we wait: next model
             delay = max(delay, float(exc.retry_after))

@@ -22,10 +22,9 @@ from schemas import (
     ProviderError,
     ProviderServerError,
     ProviderTimeoutError,
-    RateLimitError,
     Usage,
 )
-from workers.providers.errors import error_for_status, parse_retry_after, redact
+from workers.providers.errors import body_text, error_for_status, parse_retry_after, redact
 
 __all__ = [
     "ChatRequest",
@@ -107,27 +106,30 @@ class Provider(ABC):
         try:
             response = await self._http.post(url, json=payload, headers=self._headers(),
                                              timeout=self._timeout)
-            body = response.json() if response.content else None
         except httpx.TimeoutException as exc:
             raise ProviderTimeoutError(f"{self.name}: {model} timed out", **where) from exc
         except httpx.TransportError as exc:
             raise ProviderConnectionError(
                 f"{self.name}: cannot reach {self.config.base_url}: {type(exc).__name__}",
                 **where) from exc
-        except ValueError as exc:  # a body that is not JSON
+        if response.status_code >= 400:  # the status decides, whatever the body is
+            raise self._error(response, model)
+        try:
+            return response.json() if response.content else None
+        except ValueError as exc:  # a success that is not JSON
             raise ProviderServerError(f"{self.name}: {model} answered a non-JSON body",
                                       status_code=response.status_code, **where) from exc
-        if response.status_code >= 400:
-            raise self._error(response, body, model)
-        return body
 
-    def _error(self, response: httpx.Response, body: Any, model: str) -> ProviderError:
-        message, code = self._error_detail(body)
+    def _error(self, response: httpx.Response, model: str) -> ProviderError:
+        """The error of a failed response: its class by status, its message from the
+        wire format's error body (or the body's text when it is not JSON: a proxy's
+        page), and Retry-After whenever the response sent one."""
+        try:
+            message, code = self._error_detail(response.json())
+        except ValueError:
+            message, code = body_text(response.content), None
         message = redact(message, (self._api_key or "",))[:300]
         cls = error_for_status(response.status_code, message, code)
-        text = f"{self.name}: {model}: HTTP {response.status_code}: {message}"
-        fields: dict[str, Any] = {"provider": self.name, "model": model,
-                                  "status_code": response.status_code}
-        if cls is RateLimitError:
-            fields["retry_after"] = parse_retry_after(response.headers.get("retry-after"))
-        return cls(text, **fields)
+        return cls(f"{self.name}: {model}: HTTP {response.status_code}: {message}",
+                   provider=self.name, model=model, status_code=response.status_code,
+                   retry_after=parse_retry_after(response.headers.get("retry-after")))

@@ -19,7 +19,7 @@ from schemas import (
     RateLimitError,
 )
 
-__all__ = ["error_for_status", "parse_retry_after", "redact"]
+__all__ = ["body_text", "error_for_status", "parse_retry_after", "redact"]
 
 _KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{6,}")
 
@@ -35,8 +35,21 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 _CONTEXT_HINTS = ("context_length", "context length", "prompt is too long", "too many tokens")
 
 
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def body_text(content: bytes) -> str:
+    """An error body as a short line of text: an HTML page (a proxy's, a load balancer's)
+    without its tags, white space folded."""
+    text = content.decode("utf-8", "replace")
+    if "<" in text and ">" in text:
+        text = _TAGS.sub(" ", text)
+    return " ".join(text.split())[:300]
+
+
 def error_for_status(status: int, message: str, code: str | None = None) -> type[ProviderError]:
-    """The error class for an HTTP status and the provider's own message and code."""
+    """The error class for an HTTP status first, and within a status the provider's own
+    message and code: a proxy's HTML 429 page is a rate limit, not a server error."""
     text = f"{code or ''} {message}".lower()
     if status == 429:
         return RateLimitError

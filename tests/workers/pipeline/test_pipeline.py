@@ -181,6 +181,13 @@ def test_retry_after_is_honoured(make_rig: Any) -> None:
     assert result.model == "m1" and rig.sleeps == [3.0]
 
 
+def test_an_overloaded_providers_retry_after_is_honoured_too(make_rig: Any) -> None:
+    page = httpx.Response(503, headers={"retry-after": "2"}, content=b"<html>busy</html>")
+    rig = make_rig(Script({"a.test": [page, ok_openai()]}))
+    result = rig.complete(tier="simple")
+    assert result.model == "m1" and rig.sleeps == [2.0]
+
+
 def test_a_retry_after_past_the_cap_moves_to_the_next_model(make_rig: Any) -> None:
     rig = make_rig(Script({"a.test": [status(429, {"retry-after": "60"})],
                            "b.test": [ok_anthropic()]}))

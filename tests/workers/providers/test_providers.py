@@ -166,3 +166,44 @@ def test_repr_and_redaction_never_show_keys() -> None:
     assert SECRET not in repr(provider)
     assert redact(f"key {SECRET} and sk-other-abcdefgh1234", (SECRET,)) == \
         "key *** and sk-***"
+
+
+_PAGE = b"<html><head><title>429 Too Many Requests</title></head><body><h1>slow down</h1>" \
+        b"</body></html>"
+
+
+@pytest.mark.parametrize(("status", "headers", "content", "expected", "retry_after"), [
+    # a proxy's HTML pages: the status decides, not the body
+    (429, {"retry-after": "7"}, _PAGE, RateLimitError, 7.0),
+    (401, {}, b"<html><body>Unauthorized</body></html>", ProviderAuthError, None),
+    (502, {}, b"<html><body>Bad gateway</body></html>", ProviderServerError, None),
+    # an overloaded provider's own JSON, its Retry-After kept
+    (503, {"retry-after": "3"}, b'{"error": {"message": "busy", "type": "overloaded"}}',
+     ProviderOverloadedError, 3.0),
+    # a plain-text 400
+    (400, {}, b"bad request", ProviderBadRequestError, None),
+])
+@pytest.mark.parametrize("cls", [OpenAIProvider, AnthropicProvider])
+def test_errors_are_classified_by_status_first_and_keep_retry_after(
+        cls: type[Provider], status: int, headers: dict[str, str], content: bytes,
+        expected: type[ProviderError], retry_after: float | None) -> None:
+    # Given a provider (or a proxy before it) answering an error, JSON or not
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=headers, content=content)
+
+    # When a completion is asked for
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(_provider(cls, handler, base="http://x.test/v1").complete(_chat()))
+    # Then its class follows the status, the Retry-After is kept, and no tag is quoted
+    assert type(info.value) is expected
+    assert info.value.retry_after == retry_after  # type: ignore[attr-defined]
+    assert info.value.status_code == status  # type: ignore[attr-defined]
+    assert "<" not in info.value.message
+
+
+def test_a_success_that_is_not_json_is_a_server_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"<html>maintenance</html>")
+
+    with pytest.raises(ProviderServerError):
+        asyncio.run(_provider(OpenAIProvider, handler).complete(_chat()))
