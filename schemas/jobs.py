@@ -97,8 +97,9 @@ class _JobBase(_Strict):
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     #: Seconds the caller will wait; the worker drops a job whose caller is gone.
     timeout: float | None = Field(default=None, gt=0, le=3600)
-    #: Epoch seconds when the job was submitted; latency counts from here.
-    submitted_at: float = Field(default_factory=time.time)
+    #: Epoch seconds when the job was submitted; latency counts from here. Bounded, so
+    #: that no client clock (or hostile message) makes a date Postgres cannot store.
+    submitted_at: float = Field(default_factory=time.time, ge=946_684_800, le=4_102_444_800)
 
     @field_validator("metadata")
     @classmethod

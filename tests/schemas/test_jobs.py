@@ -100,3 +100,13 @@ def test_a_ledger_row_is_storable_whoever_builds_it() -> None:
     assert row.agent == "agent" and row.tier == "t" * 40
     assert row.error_message == "e" * 500
     assert row.metadata == {"k": ["v", {"n": "x"}]}
+
+
+@pytest.mark.parametrize("submitted_at", [1e20, -5, 0])
+def test_a_submission_time_no_date_can_hold_is_refused(submitted_at: float) -> None:
+    from schemas import validation_error
+
+    with pytest.raises(ValidationError) as info:
+        CompletionJob.model_validate({"messages": [{"role": "user", "content": "x"}],
+                                      "submitted_at": submitted_at})
+    assert validation_error(info.value).field == "submitted_at"  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ class LedgerStep(Step):
     async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
         try:
             result = await call_next(ctx)
-        except FleetError as exc:
+        except Exception as exc:  # whatever failed, mapped or not: the job leaves its row
             await spool_row(self._redis, error_row(ctx, exc))
             raise
         await spool_row(self._redis, result_row(ctx, result))
@@ -66,11 +66,17 @@ def result_row(ctx: JobContext, result: Result) -> LedgerRow:
                  if isinstance(result, CompletionResult) else None))
 
 
-def error_row(ctx: JobContext, error: FleetError) -> LedgerRow:
-    """A failed or rejected job: no answer, so no tokens billed and no cost."""
+def error_row(ctx: JobContext, error: Exception) -> LedgerRow:
+    """A failed or rejected job: no answer, so no tokens billed and no cost. An error
+    outside the fleet's tree (a bug of ours) is ``failed`` under its own class name,
+    its message left out (it may quote anything)."""
     last = ctx.log[-1] if ctx.log else None
+    if isinstance(error, FleetError):
+        status, message = status_for_error(error), redact(error.message)
+    else:
+        status, message = JobStatus.FAILED, "unexpected error in the worker"
     return LedgerRow.for_job(
         ctx.job, tier=ctx.tier, model=last.model if last else None,
-        provider=last.provider if last else None, status=status_for_error(error),
-        attempts=len(ctx.log), fallback_used=last is not None and last.model != ctx.primary_model,
-        error=type(error).__name__, error_message=redact(error.message)[:500])
+        provider=last.provider if last else None, status=status, attempts=len(ctx.log),
+        fallback_used=last is not None and last.model != ctx.primary_model,
+        error=type(error).__name__, error_message=message)
