@@ -7,6 +7,7 @@ leaves its ledger row in the spool like a worker does.
 from __future__ import annotations
 
 __all__ = [
+    "AUTH_FAILURES",
     "BEAT_LAST_RUN",
     "BREAKER_CALLS",
     "BREAKER_FAILURES",
@@ -21,7 +22,9 @@ __all__ = [
     "CACHE_SEMANTIC",
     "CACHE_WAKE",
     "DASHBOARD_LOGGED_OUT",
+    "JOB_CLAIM",
     "JOB_DONE",
+    "JOB_WAKE",
     "LEDGER_DEAD_LETTERS",
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
@@ -54,6 +57,12 @@ LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
 #: The outcome envelope of a finished job, so that a redelivered job is answered
 #: without a second provider call; expires with Celery's results (24 h).
 JOB_DONE = PREFIX + "done:{job_id}"
+#: Held (a token) by the delivery of a job that is running it, renewed while it runs;
+#: expires 15 s after its worker stops renewing it, so a second delivery waits for the
+#: first's outcome and takes over only from a dead worker.
+JOB_CLAIM = PREFIX + "claim:{job_id}"
+#: Pub/sub channel (not a key) on which a job's holder wakes a second delivery waiting.
+JOB_WAKE = PREFIX + "claim-wake:{job_id}"
 
 #: A budget's fast counter for one period (``period`` is its start, ISO): a hash with
 #: ``spent`` (nano-USD) and one ``r:<job_id>`` field per live reservation
@@ -91,3 +100,9 @@ CACHE_EMBEDDING = PREFIX + "cache:embedding:{key}"
 #: A dashboard session ended by logout (``nonce`` is its token's), refused from then on;
 #: expires when the token itself would have (``workers.api.sessions``).
 DASHBOARD_LOGGED_OUT = PREFIX + "dashboard:logged-out:{nonce}"
+
+#: Failed authentications (a wrong fleet key, admin key or dashboard login) from one
+#: client address in the current window, across API processes; while it holds the
+#: limit, that address's attempts answer 429 (``workers.api.auth_guard``). Expires a
+#: window after its first failure.
+AUTH_FAILURES = PREFIX + "auth:failures:{address}"

@@ -39,7 +39,7 @@ def test_the_key_ignores_who_asks_and_heeds_what_is_asked() -> None:
     key = cache_key("m", base, 20)
     # Given the same request from another agent, user, job id, time, metadata or timeout
     for other in (job("same question", max_tokens=20, agent="other", user="u9",
-                      metadata={"trace": "x"}, timeout=5, submitted_at=1.0,
+                      metadata={"trace": "x"}, timeout=5, submitted_at=1_700_000_000.0,
                       fallback=False, cache="use"),):
         assert cache_key("m", other, 20) == key
     # But another model, text, output limit or sampling option is another key
