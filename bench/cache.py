@@ -46,7 +46,15 @@ from celery import Celery  # noqa: E402
 
 from bench._measure import log  # noqa: E402
 from bench._simulator import sim_request, start_simulator  # noqa: E402
-from schemas import CacheConfig, CompletionJob, Settings, load_config  # noqa: E402
+from schemas import (  # noqa: E402
+    CacheConfig,
+    CompletionJob,
+    EmbeddingJob,
+    EmbeddingResult,
+    Settings,
+    Usage,
+    load_config,
+)
 from tasks import FleetClient  # noqa: E402
 from tasks.celery_config import celery_settings  # noqa: E402
 from workers.devstack.supervisor import Supervisor  # noqa: E402
@@ -174,12 +182,12 @@ def semantic_scan(url: str, sizes: tuple[int, ...]) -> dict[int, float]:
     from workers.caching.semantic import DIMENSIONS, SemanticCache, pack
     from workers.pipeline.deadline import Deadline
     from workers.pipeline.steps import JobContext
-    from workers.providers import Embeddings
 
-    class Embedder:
-        async def embed(self, request: Any) -> Embeddings:
-            return Embeddings(vectors=[[random.gauss(0, 1) for _ in range(DIMENSIONS)]],
-                              usage=None)
+    async def embed(job: EmbeddingJob) -> EmbeddingResult:
+        return EmbeddingResult(job_id=job.job_id, model="e", provider="p", tier="embeddings",
+                               usage=Usage(), cost_usd=0.0, latency_ms=0.0,
+                               dimensions=DIMENSIONS,
+                               vectors=[[random.gauss(0, 1) for _ in range(DIMENSIONS)]])
 
     _, fleet = load_config(Settings())
     fleet = fleet.model_copy(update={"cache": CacheConfig(semantic_tiers=["simple"])})
@@ -187,8 +195,7 @@ def semantic_scan(url: str, sizes: tuple[int, ...]) -> dict[int, float]:
     async def measure(size: int) -> float:
         client = aioredis.from_url(url)
         try:
-            providers: Any = {name: Embedder() for name in fleet.providers}
-            semantic = SemanticCache(client, fleet, providers,
+            semantic = SemanticCache(client, fleet, embed,
                                      ResponseCache(client, ttl_s=600, max_size=100_000),
                                      ttl_s=600, max_size=100_000)
             job = CompletionJob(messages=[{"role": "user", "content": f"scan {size}"}],

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
 
-from schemas import FleetConfig, Settings
+from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
 from workers.accounting.budget_step import BudgetStep
 from workers.accounting.budgets import BudgetLedger
 from workers.accounting.flusher import LedgerFlusher
@@ -32,7 +32,7 @@ from workers.pipeline.attempts import AttemptRunner
 from workers.pipeline.breaker import Breaker
 from workers.pipeline.chain import Pipeline
 from workers.pipeline.steps import Step
-from workers.providers import Provider, build_providers
+from workers.providers import build_providers
 from workers.store.engines import async_engine
 
 __all__ = ["WorkerRuntime", "close_runtime", "get_runtime", "warm_up"]
@@ -76,15 +76,19 @@ class WorkerRuntime:
             self.flusher.start()
         return Pipeline(self.fleet, providers, breaker,
                         AttemptRunner(retry=self.fleet.retry, breaker=breaker),
-                        steps=self._steps(providers))
+                        steps=self._steps())
 
-    def _steps(self, providers: dict[str, Provider]) -> list[Step]:
+    async def _embed(self, job: EmbeddingJob) -> EmbeddingResult:
+        """The pipeline's embedding path, whole: for the semantic cache's questions."""
+        return await self.pipeline.embed(job)
+
+    def _steps(self) -> list[Step]:
         """The pipeline's layers, outermost first: the one place their order is set."""
         steps: list[Step] = [OnceStep(self.redis)]
         if self.settings.enable_cost_tracking:
             steps.append(LedgerStep(self.redis))
         # Caches answer before budgets: a hit spends nothing, so it reserves nothing.
-        steps.append(CacheStep(self.redis, self.fleet, self.settings, providers))
+        steps.append(CacheStep(self.redis, self.fleet, self.settings, self._embed))
         steps.append(EmbeddingCacheStep(self.redis, self.settings))
         steps.append(BudgetStep(BudgetLedger(self.redis, self.fleet)))
         return steps

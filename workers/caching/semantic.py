@@ -12,8 +12,9 @@ at once.
 
 Embeddings blur exactly the details that change an answer: another number, a negation.
 So a match also needs the same numbers, in order, and as many negations (a lexical
-guard); the threshold stays high. The embedding call is not retried and never fails a
-job: on any provider error the semantic lookup is skipped.
+guard); the threshold stays high. The question is embedded by a fleet job of its own
+(the pipeline's embedding path: budget, retries, breaker, its ledger row); when that job
+fails, the semantic lookup is skipped, never the job that asked.
 """
 
 from __future__ import annotations
@@ -21,26 +22,38 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas import EMBEDDINGS_TIER, CompletionJob, ConfigError, FleetConfig, ProviderError
+from schemas import (
+    EMBEDDINGS_TIER,
+    CompletionJob,
+    ConfigError,
+    EmbeddingJob,
+    EmbeddingResult,
+    FleetConfig,
+    FleetError,
+)
 from schemas.cache_key import KEY_VERSION, CachedAnswer, canonical_hash
 from schemas.keys import CACHE_SEMANTIC
 from workers.caching.float32 import from_float32, to_float32
 from workers.caching.response import ResponseCache
 from workers.pipeline.steps import JobContext
-from workers.providers import EmbedRequest, Provider
 
-__all__ = ["DIMENSIONS", "SemanticCache", "closest", "cosine", "guard_of", "pack", "unpack"]
+#: How the semantic cache embeds a question: the pipeline's own embedding path.
+Embedder = Callable[[EmbeddingJob], Awaitable[EmbeddingResult]]
+
+__all__ = ["DIMENSIONS", "Embedder", "SemanticCache", "closest", "cosine", "guard_of", "pack",
+           "unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +119,16 @@ def closest(query: array.array[float], guard: str, stored: Mapping[Any, Any],
     return keys[best] if similarities[best] >= threshold else None
 
 
+def _embedding_job(job: CompletionJob, text: str, model: str) -> EmbeddingJob:
+    """The question's embedding as a fleet job of the asking agent and user: budgets,
+    retries, breaker and a ledger row of its own, like any other. Its id derives from
+    the job's, so a redelivered job reuses (and pays for) the same embedding once."""
+    job_id = hashlib.sha256(f"{job.job_id}:semantic-cache".encode()).hexdigest()[:32]
+    return EmbeddingJob(job_id=job_id, texts=[text], model=model, dimensions=DIMENSIONS,
+                        agent=job.agent, user=job.user,
+                        metadata={"purpose": "semantic_cache", "for_job": job.job_id})
+
+
 def _last_user_text(job: CompletionJob) -> str | None:
     last = job.messages[-1]
     return last.text if last.role == "user" and last.text.strip() else None
@@ -114,9 +137,8 @@ def _last_user_text(job: CompletionJob) -> str | None:
 class SemanticCache:
     """Finds a cached answer by the meaning of the last user message."""
 
-    def __init__(self, redis: aioredis.Redis, fleet: FleetConfig,
-                 providers: Mapping[str, Provider], cache: ResponseCache, *,
-                 ttl_s: float, max_size: int) -> None:
+    def __init__(self, redis: aioredis.Redis, fleet: FleetConfig, embed: Embedder,
+                 cache: ResponseCache, *, ttl_s: float, max_size: int) -> None:
         config = fleet.cache
         for tier in config.semantic_tiers:
             if tier not in fleet.chat_tiers:
@@ -130,8 +152,7 @@ class SemanticCache:
         self._redis, self._cache = redis, cache
         self._tiers = frozenset(config.semantic_tiers)
         self._threshold = config.semantic_threshold
-        self._model, self._wire = model, fleet.models[model].wire_name or model
-        self._provider = providers[fleet.models[model].provider]
+        self._model, self._embed = model, embed
         self._ttl_ms, self._max_size = max(1, round(ttl_s * 1000)), max_size
 
     def _scope(self, ctx: JobContext) -> str:
@@ -150,13 +171,11 @@ class SemanticCache:
         text = _last_user_text(ctx.job)
         packed = None
         if ctx.tier in self._tiers and text is not None:
-            request = EmbedRequest(model=self._model, wire_model=self._wire, texts=[text],
-                                   dimensions=DIMENSIONS)
+            job = _embedding_job(ctx.job, text, self._model)
             try:
-                embeddings = await asyncio.wait_for(self._provider.embed(request),
-                                                    EMBED_TIMEOUT_S)
-                packed = pack(guard_of(text), embeddings.vectors[0])
-            except (ProviderError, TimeoutError, IndexError) as exc:
+                result = await asyncio.wait_for(self._embed(job), EMBED_TIMEOUT_S)
+                packed = pack(guard_of(text), result.vectors[0])
+            except (FleetError, TimeoutError, IndexError) as exc:
                 log.info("semantic lookup skipped: embedding failed (%s)", type(exc).__name__)
         return packed
 

@@ -11,7 +11,6 @@ all), calls on, and stores a whole answer of the chain's first model. The job's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 
@@ -19,9 +18,8 @@ from schemas import CompletionJob, CompletionResult, ConfigError, FleetConfig, S
 from schemas.cache_key import CachedAnswer, cache_enabled, cache_key, cache_mode, is_cacheable
 from workers.caching.coalescer import Coalescer
 from workers.caching.response import ResponseCache
-from workers.caching.semantic import SemanticCache
+from workers.caching.semantic import Embedder, SemanticCache
 from workers.pipeline.steps import Handler, JobContext, Result, Step
-from workers.providers import Provider
 
 __all__ = ["CacheStep"]
 
@@ -31,12 +29,12 @@ log = logging.getLogger(__name__)
 class CacheStep(Step):
     """Answer from the cache, or make one call for all identical jobs and keep it.
 
-    ``providers`` (the pipeline's) are needed only when ``[cache].semantic_tiers``
-    names tiers: the semantic lookup embeds through them.
+    ``embed`` (the pipeline's embedding path) is needed only when
+    ``[cache].semantic_tiers`` names tiers: the semantic lookup embeds through it.
     """
 
     def __init__(self, redis: aioredis.Redis, fleet: FleetConfig, settings: Settings,
-                 providers: Mapping[str, Provider] | None = None) -> None:
+                 embed: Embedder | None = None) -> None:
         self._fleet = fleet
         self._enabled = cache_enabled(settings)
         self._cache = ResponseCache(redis, ttl_s=settings.cache_ttl_seconds,
@@ -44,10 +42,10 @@ class CacheStep(Step):
         self._coalescer = Coalescer(redis)
         self._semantic: SemanticCache | None = None
         if fleet.cache.semantic_tiers and self._enabled:
-            if providers is None:
-                raise ConfigError("[cache].semantic_tiers needs the pipeline's providers",
+            if embed is None:
+                raise ConfigError("[cache].semantic_tiers needs the pipeline's embedding path",
                                   key="cache.semantic_tiers")
-            self._semantic = SemanticCache(redis, fleet, providers, self._cache,
+            self._semantic = SemanticCache(redis, fleet, embed, self._cache,
                                            ttl_s=settings.cache_ttl_seconds,
                                            max_size=settings.cache_max_size)
 

@@ -27,6 +27,9 @@ from schemas import (
 )
 from schemas.cache_key import effective_max_tokens
 from workers.caching.step import CacheStep
+from workers.pipeline.attempts import AttemptRunner
+from workers.pipeline.breaker import Breaker
+from workers.pipeline.chain import Pipeline
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.steps import JobContext, Result
 from workers.providers import build_providers
@@ -81,11 +84,14 @@ class Provider:
 async def steps(redis_url: str, count: int = 1, settings: Settings = ON,
                 fleet: FleetConfig = FLEET) -> AsyncIterator[list[CacheStep]]:
     """``count`` cache steps, each on its own Redis client, as separate workers have;
-    with the fleet's providers (over real HTTP) for its semantic cache."""
+    with the fleet's providers (over real HTTP) embedding for its semantic cache."""
     clients = [aioredis.from_url(redis_url) for _ in range(count)]
     http = httpx.AsyncClient()
-    providers = build_providers(fleet, http, {})
-    built = [CacheStep(c, fleet, settings, providers) for c in clients]
+    # The semantic cache embeds through a pipeline's embedding path (here a bare one).
+    breaker = Breaker(clients[0], fleet.breaker)
+    embedder = Pipeline(fleet, build_providers(fleet, http, {}), breaker,
+                        AttemptRunner(retry=fleet.retry, breaker=breaker))
+    built = [CacheStep(c, fleet, settings, embedder.embed) for c in clients]
     try:
         yield built
     finally:

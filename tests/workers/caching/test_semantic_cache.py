@@ -117,3 +117,39 @@ def test_a_failing_embedding_only_skips_the_semantic_lookup(
             assert provider.calls == 1 and sim.stats()["by_status"].get("500", 0) >= 1
 
     asyncio.run(scenario())
+
+
+def test_the_question_is_embedded_by_a_fleet_job_with_its_own_ledger_row(
+        redis_url: str, fleet: FleetConfig, fleet_env: dict[str, str], sim: Any) -> None:
+    import dataclasses
+    import json
+
+    from schemas import Settings, load_config
+    from schemas.keys import LEDGER_SPOOL
+    from workers.runtime import WorkerRuntime
+
+    # Given a worker runtime whose simple tier is looked up by meaning too
+    settings, loaded = load_config(Settings.from_env(fleet_env))
+    settings = dataclasses.replace(settings, database_url=None)  # no flusher: rows stay put
+    semantic = loaded.model_copy(update={"cache": CacheConfig(semantic_tiers=["simple"])})
+    runtime = WorkerRuntime(semantic, settings, redis_url, env={})
+    try:
+        question = CompletionJob(messages=[{"role": "user", "content": f"why {uid()}?"}],
+                                 tier="simple", agent="semantic-agent", user="u7")
+        spooled_before = runtime.sync_redis.llen(LEDGER_SPOOL)
+        # When a job runs
+        result = runtime.run(runtime.pipeline.complete(question), timeout=30)
+        rows = [json.loads(r) for r in runtime.sync_redis.lrange(LEDGER_SPOOL,
+                                                                 spooled_before, -1)]
+    finally:
+        runtime.close()
+    # Then its question's embedding left a row of its own, billed to the same agent
+    assert not result.cache_hit
+    mine = [r for r in rows if r["metadata"].get("for_job") == question.job_id]
+    assert len(mine) == 1
+    embedding = mine[0]
+    assert (embedding["kind"], embedding["agent"], embedding["user_id"]) == \
+        ("embedding", "semantic-agent", "u7")
+    assert embedding["metadata"]["purpose"] == "semantic_cache"
+    assert embedding["cost_usd"] > 0 and embedding["status"] == "succeeded"
+    assert any(r["job_id"] == question.job_id for r in rows)
