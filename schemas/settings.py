@@ -11,11 +11,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from schemas.config import FleetConfig, load_fleet_config, parse_fleet_config
 from schemas.errors import ConfigError
 
-__all__ = ["Settings", "load_config", "sqlalchemy_url"]
+__all__ = ["Settings", "load_config", "masked_url", "sqlalchemy_url"]
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -126,6 +127,20 @@ def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:
         for provider in data["providers"].values():
             provider["base_url"] = base + "/v1" if provider["kind"] == "openai" else base
     return parse_fleet_config(data, "fleet file with environment overrides")
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit for a message or a log: its password, if any, replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = f"{parts.username}:" if parts.username else ":"
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{user}***@{host}{port}"))
+    except ValueError:
+        return "<unreadable URL>"
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -49,6 +49,11 @@ def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> di
             "unacked_restore_throttle": 1,
         },
         "broker_connection_retry_on_startup": True,
+        # A publish retries twice, quickly: enough to replace a pooled connection that a
+        # broker restart broke, short enough that a broker that is down fails the
+        # submit at once (FleetUnavailableError) instead of holding the agent.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
+                                      "interval_step": 0.05, "interval_max": 0.1},
         "result_expires": 24 * 3600,
         "task_default_queue": queue_for(fleet.default_tier),
         "task_create_missing_queues": True,

@@ -29,6 +29,7 @@ from schemas import (
     decode_batch,
     decode_outcome,
     load_config,
+    masked_url,
     validation_error,
 )
 from tasks._cache import CacheShortCircuit
@@ -121,7 +122,7 @@ class FleetClient:
         self.settings = settings
         self.fleet = fleet or loaded
         self.agent = agent
-        url = redis_url or find_redis_url(settings)
+        url = self._url = redis_url or find_redis_url(settings)
         self._app = Celery("llmfleet-client", set_as_current=False)
         self._app.conf.update(celery_settings(url, url, self.fleet))
         # Results are read by our own waiter: a backend here would only SUBSCRIBE and
@@ -164,7 +165,11 @@ class FleetClient:
         try:
             self._app.send_task(name, args=[payload], queue=queue, task_id=task_id)
         except OperationalError as exc:
-            raise FleetUnavailableError(f"cannot reach the broker: {exc}") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> FleetUnavailableError:
+        return FleetUnavailableError(
+            f"cannot reach the broker at {masked_url(self._url)}: {exc}")
 
     # -- the agent API -----------------------------------------------------
 
@@ -252,7 +257,7 @@ class FleetClient:
             self._app.send_task(AGENT_STATS, args=[agent or self.agent, since],
                                 queue=ADMIN_QUEUE, task_id=task_id)
         except OperationalError as exc:
-            raise FleetUnavailableError(f"cannot reach the broker: {exc}") from None
+            raise self._unreachable(exc) from None
         value = self._waiter.wait(task_id, timeout)
         if not isinstance(value, dict):
             raise FleetUnavailableError("malformed agent stats")

@@ -19,6 +19,10 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 from httpx_aiohttp import AiohttpTransport
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
 from workers.accounting.budget_step import BudgetStep
@@ -44,6 +48,9 @@ T = TypeVar("T")
 MAX_CONNECTIONS = 512
 #: Connections per process to Redis (cache, spool, budgets, breaker).
 REDIS_CONNECTIONS = 64
+#: Retries of a Redis command that finds no server, about a second apart at most: a
+#: job's writes outlive a broker restart of about this many seconds.
+REDIS_RETRIES = 45
 
 
 class WorkerRuntime:
@@ -66,8 +73,14 @@ class WorkerRuntime:
         self.http = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits)
         # Jobs of a batch run together and each makes a few Redis calls: they queue for
         # a pooled connection rather than fail when the pool is busy.
+        # A broker restart must not lose what a finished job writes (its ledger row, its
+        # stored outcome, its budget's settlement): commands retry with backoff for
+        # about REDIS_RETRY_S while Redis does not answer. Every write the pipeline makes
+        # is idempotent or deduplicated downstream, so a retried one is harmless.
         pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_CONNECTIONS, timeout=None)
+            redis_url, max_connections=REDIS_CONNECTIONS, timeout=None,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
         self.redis = aioredis.Redis(connection_pool=pool)
         breaker = Breaker(self.redis, self.fleet.breaker)
         providers = build_providers(self.fleet, self.http, env)
