@@ -23,6 +23,7 @@ from workers.accounting import reports
 from workers.accounting.dead_letters import dead_letter_count
 from workers.accounting.spool import spool_length
 from workers.api import breakdowns, queries, sessions
+from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.state import ApiState, state_of
 from workers.store import experiments as experiments_store
@@ -58,15 +59,21 @@ async def admin_session(request: Request) -> sessions.Session | None:
 async def require_admin(request: Request,
                         authorization: Annotated[str | None, Header()] = None) -> None:
     """The admin key as a Bearer token, compared in constant time, or a dashboard
-    session (``workers.api.sessions``); 503 when the admin API is off."""
+    session (``workers.api.sessions``); 503 when the admin API is off, 429 while the
+    caller's address has made too many failed attempts."""
     expected = state_of(request).admin_key
     if expected is None:
         raise ApiError(503, "the admin API is off: set LLMFLEET_ADMIN_KEY to turn it on",
                        "admin_api_disabled", code="admin_api_disabled")
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                          expected.encode()):
-        return
+    if scheme.lower() == "bearer" and token.strip():
+        # A wrong key counts against the caller's address; over its limit, 429 whatever
+        # the key (workers.api.auth_guard). Sessions are not counted: none can be guessed.
+        right = hmac.compare_digest(token.strip().encode(), expected.encode())
+        await asyncio.to_thread(auth_guard(request).admit, client_address(request),
+                                failed=not right)
+        if right:
+            return
     if await admin_session(request) is None:
         raise ApiError(401, "admin key required: Authorization: Bearer $LLMFLEET_ADMIN_KEY "
                        "(or log in at /dashboard)", "invalid_request_error",
@@ -74,7 +81,7 @@ async def require_admin(request: Request,
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 503)}
+    code: {"model": ErrorResponse} for code in (400, 401, 429, 503)}
 router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_admin)], responses=_ERRORS,
                    tags=["admin"])
 public_router = APIRouter(prefix=PREFIX, tags=["admin"])

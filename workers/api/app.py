@@ -20,6 +20,7 @@ from tasks import FleetClient
 from tasks.celery_config import celery_settings
 from workers.api.admin_routes import public_router
 from workers.api.admin_routes import router as admin_router
+from workers.api.auth_guard import AuthGuard
 from workers.api.dashboard import DashboardHeaders
 from workers.api.dashboard import router as dashboard_router
 from workers.api.errors import install_handlers
@@ -108,17 +109,22 @@ def _state(settings: Settings | None) -> ApiState:
     control = Celery("llmfleet-api-control", set_as_current=False)
     control.conf.update(celery_settings(services.redis_url, services.redis_url, fleet))
     admin_key = os.environ.get("LLMFLEET_ADMIN_KEY") or None
+    metrics_token = os.environ.get("LLMFLEET_METRICS_TOKEN") or admin_key
+    redis = Redis.from_url(services.redis_url, socket_timeout=5)
     return ApiState(
         settings=settings, fleet=fleet, engine=engine, control=control, admin_key=admin_key,
+        metrics_token=metrics_token,
         client=FleetClient(redis_url=services.redis_url, fleet=fleet, settings=settings,
                            agent="api"),
-        redis=Redis.from_url(services.redis_url, socket_timeout=5),
-        verifier=KeyVerifier(engine))
+        redis=redis, verifier=KeyVerifier(engine),
+        # A bad LLMFLEET_AUTH_FAILURE_* value stops the process here, not each request.
+        auth_guard=AuthGuard.from_env(redis))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API, configured from the environment (REDIS_URL, DATABASE_URL,
-    LLMFLEET_CONFIG, LLMFLEET_ADMIN_KEY) unless ``settings`` say otherwise."""
+    LLMFLEET_CONFIG, LLMFLEET_ADMIN_KEY, LLMFLEET_METRICS_TOKEN) unless ``settings``
+    say otherwise."""
     state = _state(settings)
     if state.admin_key is None:
         log.warning("LLMFLEET_ADMIN_KEY is not set: the admin API (/api/admin/ml-ops) is off")

@@ -31,6 +31,7 @@ from starlette.datastructures import MutableHeaders
 from schemas.keys import DASHBOARD_LOGGED_OUT
 from workers.api import sessions
 from workers.api.admin_routes import admin_session
+from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, error_response
 from workers.api.state import state_of
 
@@ -49,7 +50,8 @@ SECURITY_HEADERS = {"content-security-policy": CSP, "x-frame-options": "DENY",
                     "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 #: The longest login body read: a key, in JSON or a form.
 _MAX_LOGIN_BYTES = 4096
-#: A wrong key waits this long, which slows guessing at no cost to an operator.
+#: A wrong key also waits this long, which slows guessing within the failure limit
+#: (``workers.api.auth_guard``) at no cost to an operator.
 _REFUSAL_DELAY_S = 0.25
 _OWN_FILES = {"dashboard.js": "text/javascript", "panels.js": "text/javascript",
               "charts.js": "text/javascript", "dashboard.css": "text/css"}
@@ -184,13 +186,19 @@ async def _posted_key(request: Request) -> tuple[str, bool]:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    """The admin key in, a session cookie out (12 hours); 401 for a wrong key."""
+    """The admin key in, a session cookie out (12 hours); 401 for a wrong key, 429 while
+    the caller's address has made too many failed attempts."""
     expected = state_of(request).admin_key
     if expected is None:
         raise ApiError(503, "the admin API is off: set LLMFLEET_ADMIN_KEY to turn it on",
                        "admin_api_disabled", code="admin_api_disabled")
     key, is_form = await _posted_key(request)
-    if not hmac.compare_digest(key.encode(), expected.encode()):
+    right = hmac.compare_digest(key.encode(), expected.encode())
+    # A wrong key counts against the caller's address; over its limit, 429 whatever the
+    # key (workers.api.auth_guard).
+    await asyncio.to_thread(auth_guard(request).admit, client_address(request),
+                            failed=not right)
+    if not right:
         await asyncio.sleep(_REFUSAL_DELAY_S)
         raise ApiError(401, "wrong admin key", code="invalid_admin_key")
     token, session = sessions.issue(expected)

@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,13 +79,31 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
 class KeyVerifier:
     """Checks a presented key against the table, remembering good answers for
     ``ttl_s`` seconds at most (so that a revoke bites within that), and never past
-    the key's own expiry. Wrong keys are not remembered: each costs one indexed query."""
+    the key's own expiry.
 
-    def __init__(self, engine: Engine, ttl_s: float = 5.0) -> None:
+    Wrong answers are remembered too, for ``wrong_ttl_s``, so that a wrong key repeated
+    costs no query. That never refuses a good key: a key made meanwhile is another key
+    (another hash), and a key once wrong (unknown, revoked, expired) stays wrong. Both
+    memories hold sha256 digests, never keys, and are bounded; how many wrong keys a
+    client may try is ``workers.api.auth_guard``'s business."""
+
+    def __init__(self, engine: Engine, ttl_s: float = 5.0, wrong_ttl_s: float = 30.0,
+                 max_wrong: int = 10_000) -> None:
         self._engine = engine
-        self._ttl = ttl_s
+        self._ttl, self._wrong_ttl, self._max_wrong = ttl_s, wrong_ttl_s, max_wrong
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, FleetKey]] = {}  # sha256 -> (until, key)
+        # sha256 -> until; one TTL for all, so insertion order is expiry order and the
+        # oldest entry is the first to go.
+        self._wrong: OrderedDict[str, float] = OrderedDict()
+
+    def remembered(self, key: str) -> FleetKey | None:
+        """The key's answer if it verified as good within ``ttl_s``: no query, no lock
+        held long; None when it must be looked up (or is wrong)."""
+        digest, now = _hash(key), time.monotonic()
+        with self._lock:
+            cached = self._known.get(digest)
+        return cached[1] if cached is not None and cached[0] > now else None
 
     def verify(self, key: str) -> FleetKey | None:
         """The key's agent and user, or None for a missing, wrong, revoked or expired key."""
@@ -94,19 +113,35 @@ class KeyVerifier:
         digest, now = _hash(key), time.monotonic()
         with self._lock:
             cached = self._known.get(digest)
+            wrong_until = self._wrong.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if wrong_until is not None and wrong_until > now:
+            return None
         found = self._lookup(match[1], digest)
-        if found is not None:
-            until = now + self._ttl
-            if found.expires_at is not None:
-                left = (found.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
-                until = min(until, now + left)
-            with self._lock:
-                if len(self._known) > 10_000:
-                    self._known.clear()
-                self._known[digest] = (until, found)
+        if found is None:
+            self._remember_wrong(digest, now)
+        else:
+            self._remember(digest, found, now)
         return found
+
+    def _remember(self, digest: str, found: FleetKey, now: float) -> None:
+        until = now + self._ttl
+        if found.expires_at is not None:
+            left = (found.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+            until = min(until, now + left)
+        with self._lock:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[digest] = (until, found)
+
+    def _remember_wrong(self, digest: str, now: float) -> None:
+        with self._lock:
+            self._wrong.pop(digest, None)
+            self._wrong[digest] = now + self._wrong_ttl
+            while self._wrong and (len(self._wrong) > self._max_wrong
+                                   or next(iter(self._wrong.values())) <= now):
+                self._wrong.popitem(last=False)
 
     def _lookup(self, key_id: str, digest: str) -> FleetKey | None:
         query = select(fleet_keys).where(fleet_keys.c.key_id == key_id)

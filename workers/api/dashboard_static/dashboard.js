@@ -121,7 +121,12 @@ async function login(event) {
     401: 'Wrong admin key.',
     503: ADMIN_OFF,
   };
-  show('login', messages[response.status] || `Login failed (HTTP ${response.status}).`);
+  let message = messages[response.status];
+  if (response.status === 429) {  // too many wrong keys from here: the server says how long
+    const body = await response.json().catch(() => null);
+    message = body?.error?.message ?? `Too many failed attempts: try again in ${response.headers.get('retry-after') ?? 'a minute'} s.`;
+  }
+  show('login', message || `Login failed (HTTP ${response.status}).`);
 }
 
 async function logout() {
