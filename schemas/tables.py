@@ -21,7 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["budget_alerts", "experiment_outcomes", "experiments", "fleet_keys", "job_ledger",
-           "metadata", "metrics_rollup", "prompt_templates", "rollup_watermark"]
+           "metadata", "metric_counters", "metric_latency", "metrics_rollup",
+           "prompt_templates", "rollup_watermark"]
 
 metadata = MetaData()
 
@@ -109,6 +110,35 @@ rollup_watermark = Table(
     "rollup_watermark", metadata,
     Column("name", String(40), primary_key=True),
     Column("ledger_id", BigInteger, nullable=False),
+)
+
+#: Prometheus' counters, fleet-wide totals since the table was made: the flusher adds
+#: each batch's newly inserted ledger rows in the insert's transaction, and nothing ever
+#: subtracts (purging the ledger leaves them). NULL model or tier is "".
+metric_counters = Table(
+    "metric_counters", metadata,
+    Column("agent", String(200), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("tier", String(40), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("jobs", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("cache_hits", BigInteger, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+    Column("cost_saved_usd", Money, nullable=False),
+)
+
+#: The latency histogram beside them, per tier, of jobs that were not rejected. A row is
+#: one bucket's own range (previous bound, ``le``], seconds, 'Infinity' for the last: a
+#: job adds to one row, and /metrics makes the cumulative counts when scraped.
+metric_latency = Table(
+    "metric_latency", metadata,
+    Column("tier", String(40), primary_key=True),
+    Column("le", Float, primary_key=True),
+    Column("jobs", BigInteger, nullable=False),
+    Column("sum_ms", Float, nullable=False),
 )
 
 #: API keys of the HTTP API (``llmfleet keys``): only a sha256 of each key is kept; the

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas import LedgerRow
 from schemas.keys import LEDGER_DEAD_LETTERS, LEDGER_FLUSH_LOCK, LEDGER_SPOOL
 from schemas.tables import experiment_outcomes, job_ledger
+from workers.accounting import counters
 from workers.providers import redact
 
 __all__ = ["BATCH", "LedgerFlusher"]
@@ -163,15 +164,18 @@ class LedgerFlusher:
         return []
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """The rows and their automatic experiment outcomes, in one transaction. Both
-        skip what is there already: a batch inserted twice changes nothing, and an
-        agent's later feedback (an upsert) stays the outcome."""
+        """The rows, their automatic experiment outcomes and the metric counters, in
+        one transaction. Rows and outcomes skip what is there already and only the rows
+        inserted count (``workers.accounting.counters``): a batch inserted twice changes
+        nothing, and an agent's later feedback (an upsert) stays the outcome."""
         columns = [{k: v for k, v in row.items() if k != "outcome"} for row in rows]
         outcomes = [{"job_id": row["job_id"], "created_at": row["finished_at"], **outcome}
                     for row in rows if (outcome := row.get("outcome"))]
-        statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"])
+        statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"]) \
+            .returning(*counters.LEDGER_COLUMNS)
         async with self._engine.begin() as connection:
-            await connection.execute(statement, columns)
+            landed = (await connection.execute(statement, columns)).mappings().all()
+            await counters.count_landed(connection, landed)
             if outcomes:
                 await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
                     index_elements=["job_id"]), outcomes)

@@ -40,8 +40,10 @@ def api_command(host: str, port: int, processes: int, log_level: str) -> None:
     if not require_migrated(services.database_url):
         raise click.ClickException("Postgres is unreachable: fleet keys cannot be checked")
     if not os.environ.get("LLMFLEET_ADMIN_KEY"):
-        click.secho("LLMFLEET_ADMIN_KEY is not set: the admin API is off", fg="yellow",
-                    err=True)
+        click.secho("LLMFLEET_ADMIN_KEY is not set: the admin API is off"
+                    + ("" if os.environ.get("LLMFLEET_METRICS_TOKEN") else
+                       ", and /metrics too (or set LLMFLEET_METRICS_TOKEN)"),
+                    fg="yellow", err=True)
     click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es)); "
                f"dashboard: http://{host}:{port}/dashboard", err=True)
     from workers.api.protocol import NoDelayH11Protocol

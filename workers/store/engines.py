@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import ConfigError, sqlalchemy_url
 
-__all__ = ["async_engine", "migrate", "migration_state", "require_migrated", "safe_url",
-           "sync_engine"]
+__all__ = ["alembic_config", "async_engine", "migrate", "migration_state", "require_migrated",
+           "safe_url", "sync_engine"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _lock = threading.Lock()
@@ -42,7 +42,8 @@ def async_engine(database_url: str) -> AsyncEngine:
     return create_async_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=5)
 
 
-def _alembic(database_url: str) -> Config:
+def alembic_config(database_url: str) -> Config:
+    """Alembic's configuration for the shipped migrations on ``database_url``."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     # Alembic's ini interpolation would read a '%' in a password as a variable.
@@ -53,7 +54,7 @@ def _alembic(database_url: str) -> Config:
 
 def migration_state(database_url: str) -> tuple[str | None, str]:
     """(the database's revision, the newest shipped revision)."""
-    head = ScriptDirectory.from_config(_alembic(database_url)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert head is not None
     with sync_engine(database_url).connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
@@ -65,7 +66,7 @@ def migrate(database_url: str) -> tuple[str | None, str]:
     with _lock:
         before, head = migration_state(database_url)
         if before != head:
-            command.upgrade(_alembic(database_url), "head")
+            command.upgrade(alembic_config(database_url), "head")
         return before, head
 
 
