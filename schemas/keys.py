@@ -22,6 +22,7 @@ __all__ = [
     "CACHE_SEMANTIC",
     "CACHE_WAKE",
     "DASHBOARD_LOGGED_OUT",
+    "IDEMPOTENCY",
     "JOB_CLAIM",
     "JOB_DONE",
     "JOB_WAKE",
@@ -29,6 +30,7 @@ __all__ = [
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
     "PREFIX",
+    "REQUEST_ATTEMPT",
 ]
 
 #: Every key of ours starts here, apart from Celery's own (``celery-task-meta-*``).
@@ -57,6 +59,13 @@ LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
 #: The outcome envelope of a finished job, so that a redelivered job is answered
 #: without a second provider call; expires with Celery's results (24 h).
 JOB_DONE = PREFIX + "done:{job_id}"
+#: The request body's hash first sent with an Idempotency-Key (``key`` is the key's
+#: sha256) by a fleet key (``key_id``); its job's id derives from both. Expires after
+#: 24 h, with the job's result (``workers.api.idempotency``).
+IDEMPOTENCY = PREFIX + "idempotency:{key_id}:{key}"
+#: The job an SDK's first attempt at a request started (``body`` is the body's sha256),
+#: so that its automatic retries attach to it; expires with the job's lifetime.
+REQUEST_ATTEMPT = PREFIX + "request:{key_id}:{body}"
 #: Held (a token) by the delivery of a job that is running it, renewed while it runs;
 #: expires 15 s after its worker stops renewing it, so a second delivery waits for the
 #: first's outcome and takes over only from a dead worker.

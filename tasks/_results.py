@@ -41,6 +41,11 @@ _RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
 MAX_CONNECTIONS = 16
 
 
+class _Expired(Exception):
+    """The wait's own timeout passed (apart from a builtin TimeoutError, which a
+    connection to a Redis that does not answer raises too)."""
+
+
 def _final_meta(raw: bytes | str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
@@ -142,10 +147,10 @@ class ResultWaiter:
             try:
                 async with channels.watch(key) as published:
                     return await self._poll(redis, key, published, deadline)
-            except TimeoutError:
+            except _Expired:
                 raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
                                       job_id=job_id, timeout=timeout) from None
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # TimeoutError too: a connect timed out
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= delay:
                     raise FleetUnavailableError(
@@ -163,7 +168,7 @@ class ResultWaiter:
         while meta is None:
             left = _RECHECK_S if deadline is None else deadline - self._loop.time()
             if left <= 0:
-                raise TimeoutError
+                raise _Expired
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(published.wait(), min(left, _RECHECK_S))
             if published.is_set():

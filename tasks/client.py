@@ -223,11 +223,12 @@ class FleetClient:
         result: CompletionResult = self.submit(messages, timeout=timeout, **options).get(timeout)
         return result
 
-    async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
-                        timeout: float = 60, **options: Any) -> CompletionResult:
-        """``complete`` for asyncio: the wait holds no thread, and nothing blocks the
-        running loop (a template or an experiment is fetched in a worker thread)."""
-        options = {**options, "timeout": timeout}
+    async def asubmit(self, messages: Sequence[Mapping[str, Any]] | None = None,
+                      **options: Any) -> JobHandle:
+        """``submit`` for asyncio: nothing blocks the running loop (a template or an
+        experiment is fetched, the cache looked up and the job sent in worker threads).
+        Raises before anything is queued, or returns the handle of a queued (or cached)
+        job."""
         if options.get("template") is not None or options.get("experiment") is not None:
             job = await asyncio.to_thread(self._completion, messages, options)
         else:
@@ -235,10 +236,17 @@ class FleetClient:
         assert job.tier is not None
         hit = await asyncio.to_thread(self._cache.lookup, job)
         if hit is not None:
-            return hit
+            return JobHandle(self, job.job_id, hit)
         await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
                                 queue_for(job.tier), job.job_id)
-        result: CompletionResult = await JobHandle(self, job.job_id).wait(timeout)
+        return JobHandle(self, job.job_id)
+
+    async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
+                        timeout: float = 60, **options: Any) -> CompletionResult:
+        """``complete`` for asyncio: the wait holds no thread, and nothing blocks the
+        running loop."""
+        handle = await self.asubmit(messages, timeout=timeout, **options)
+        result: CompletionResult = await handle.wait(timeout)
         return result
 
     def embed(self, texts: str | Sequence[str], **options: Any) -> JobHandle:

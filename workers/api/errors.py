@@ -1,7 +1,11 @@
 """Fleet errors as OpenAI error responses, so that every OpenAI SDK raises its own
 exception class for them: ``{"error": {"message", "type", "param", "code"}}``.
 
-The mapping is one table, most specific class first (as httpx maps httpcore's errors):
+The mapping is one table, most specific class first (as httpx maps httpcore's errors).
+What a retry cannot fix says ``x-should-retry: false``, which the official SDKs obey
+(they retry 408, 409, 429 and 5xx otherwise): a budget, a rate limit with its
+Retry-After, a job that outlived its wait (a repeat would only start it again; one with
+the same Idempotency-Key attaches to it instead).
 
     UnknownModelError, UnknownTierError   404  model_not_found
     JobValidationError                    400  invalid_request_error, param = its field
@@ -16,6 +20,7 @@ The mapping is one table, most specific class first (as httpx maps httpcore's er
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import Request
@@ -41,6 +46,9 @@ __all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "fleet_er
            "install_handlers"]
 
 log = logging.getLogger(__name__)
+
+#: What an answer carries when retrying it at once would only cost.
+_NO_RETRY = {"x-should-retry": "false"}
 
 
 class ErrorBody(BaseModel):
@@ -77,7 +85,8 @@ def _budget(exc: BudgetExceededError) -> ApiError:
     spent = f"{exc.spent_usd:.6f}" if exc.spent_usd is not None else "?"
     message = (f"budget {exc.budget!r} ({exc.period or 'its period'}) would be exceeded: "
                f"spent ${spent} of ${exc.limit_usd}")
-    return ApiError(429, message, "budget_exceeded", code="budget_exceeded")
+    return ApiError(429, message, "budget_exceeded", code="budget_exceeded",
+                    headers=_NO_RETRY)
 
 
 def fleet_error(exc: FleetError) -> ApiError:
@@ -89,12 +98,18 @@ def fleet_error(exc: FleetError) -> ApiError:
     if isinstance(exc, BudgetExceededError):
         return _budget(exc)
     if isinstance(exc, RateLimitError):
-        headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after else None
+        headers = dict(_NO_RETRY)
+        if exc.retry_after:
+            headers["retry-after"] = str(math.ceil(exc.retry_after))
         return ApiError(429, exc.message, "rate_limit_exceeded", code="rate_limit_exceeded",
                         headers=headers)
     if isinstance(exc, JobTimeoutError):
+        if exc.timeout is None:  # the job itself ran out of time in the worker
+            return ApiError(504, f"job {exc.job_id} passed its timeout before it finished",
+                            "timeout", code="timeout", headers=_NO_RETRY)
         return ApiError(504, f"no result within {exc.timeout}s (job {exc.job_id}); the job "
-                        "may still finish", "timeout", code="timeout")
+                        "may still finish: repeat the request with the same Idempotency-Key "
+                        "to wait for it", "timeout", code="timeout", headers=_NO_RETRY)
     if isinstance(exc, AllModelsFailedError | ProviderError):
         return ApiError(502, exc.message, "provider_error", code="all_models_failed")
     if isinstance(exc, FleetUnavailableError):

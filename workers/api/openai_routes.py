@@ -9,11 +9,15 @@ import base64
 import logging
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from schemas import EMBEDDINGS_TIER, CompletionResult, EmbeddingResult, FleetConfig
+from tasks import JobHandle
+from workers.api import idempotency
+from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.keys import FleetKey
 from workers.api.openai_models import (
@@ -29,7 +33,7 @@ from workers.api.openai_models import (
     ModelList,
     ResponseMessage,
 )
-from workers.api.state import state_of
+from workers.api.state import ApiState, state_of
 
 __all__ = ["fleet_key", "resolve_model", "router"]
 
@@ -42,12 +46,20 @@ router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 async def fleet_key(request: Request,
                     authorization: Annotated[str | None, Header()] = None) -> FleetKey:
-    """The caller's fleet key (``Authorization: Bearer <key>``), else 401."""
+    """The caller's fleet key (``Authorization: Bearer <key>``), else 401; 429 while
+    the caller's address has made too many failed attempts."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API key: send Authorization: Bearer <fleet key>",
                        "invalid_request_error", code="invalid_api_key")
-    found = await asyncio.to_thread(state_of(request).verifier.verify, token.strip())
+    # A key that just verified costs nothing more. Any other is looked up behind the
+    # guard: a wrong one counts against the caller's address, and over its limit the
+    # address gets 429 before any key is looked up (workers.api.auth_guard).
+    verifier, presented = state_of(request).verifier, token.strip()
+    found = verifier.remembered(presented)
+    if found is None:
+        found = await asyncio.to_thread(auth_guard(request).attempt, client_address(request),
+                                        lambda: verifier.verify(presented))
     if found is None:
         raise ApiError(401, "invalid, revoked or expired API key", "invalid_request_error",
                        code="invalid_api_key")
@@ -111,17 +123,60 @@ Timeout = Annotated[str | None, Header(alias="x-llmfleet-timeout",
                                        description="Seconds to wait for the job (60).")]
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="idempotency-key",
+    description="Repeats with this key attach to the job the first started (24 h).")]
+RetryCount = Annotated[int | None, Header(alias="x-stainless-retry-count",
+                                          include_in_schema=False)]
+
+
+async def _run_once(state: ApiState, caller: FleetKey, body: Any, seconds: float,
+                    idempotency_key: str | None, retry_count: int | None,
+                    submit: Callable[[str | None, float], Awaitable[JobHandle]]) -> Any:
+    """The request's result, as its own job or as the job a repeat of it started
+    (``workers.api.idempotency``): a retry attaches, it does not multiply."""
+    lifetime = seconds + state.fleet.job_time_limit_s
+    attempt = await asyncio.to_thread(idempotency.begin, state.redis, caller.key_id, body,
+                                      idempotency_key, retry_count, lifetime)
+    if attempt.attached:
+        assert attempt.job_id is not None
+        return await JobHandle(state.client, attempt.job_id).wait(seconds)
+    # A job a repeat may attach to outlives this wait (up to the fleet's time limit), so
+    # that the repeat finds it running; any other job is dropped when its caller goes.
+    job_timeout = seconds if attempt.record is None else max(
+        seconds, state.fleet.job_time_limit_s)
+    try:
+        handle = await submit(attempt.job_id, job_timeout)
+    except BaseException:  # nothing was queued: a retry may start the job
+        await asyncio.to_thread(idempotency.forget, state.redis, attempt)
+        raise
+    result = await handle.wait(seconds)
+    if attempt.record is not None and result.cache_hit:
+        # Answered at submit (no worker stored it): leave it where a repeat waits.
+        await asyncio.to_thread(idempotency.publish_answer, state.redis, result)
+    return result
+
+
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response,
-                           caller: Caller, timeout: Timeout = None) -> ChatCompletionResponse:
+                           caller: Caller, timeout: Timeout = None,
+                           idempotency_key: IdempotencyKey = None,
+                           retry_count: RetryCount = None) -> ChatCompletionResponse:
     """One completion job on the tier or model named by ``model``."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=False)
+    seconds = _timeout(timeout, state.default_timeout_s)
     messages = [{**m.model_dump(exclude_none=True),
                  "role": "system" if m.role == "developer" else m.role} for m in body.messages]
-    result = await state.client.acomplete(
-        messages, timeout=_timeout(timeout, state.default_timeout_s), agent=caller.agent,
-        user=caller.user, **route, **_job_options(body))
+
+    async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
+        return await state.client.asubmit(
+            messages, timeout=job_timeout, agent=caller.agent, user=caller.user,
+            job_id=job_id, **route, **_job_options(body))
+
+    result: CompletionResult = await _run_once(
+        state, caller, body.model_dump(mode="json", exclude_none=True), seconds,
+        idempotency_key, retry_count, submit)
     _fleet_headers(response, result)
     usage = result.usage
     return ChatCompletionResponse(
@@ -141,15 +196,22 @@ def _encode(vector: list[float], fmt: str | None) -> list[float] | str:
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, request: Request, response: Response,
-                     caller: Caller, timeout: Timeout = None) -> EmbeddingResponse:
+                     caller: Caller, timeout: Timeout = None,
+                     idempotency_key: IdempotencyKey = None,
+                     retry_count: RetryCount = None) -> EmbeddingResponse:
     """One embedding job on ``llm.embeddings``; vectors in the order of ``input``."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=True)
     seconds = _timeout(timeout, state.default_timeout_s)
-    handle = await asyncio.to_thread(
-        state.client.embed, body.input, agent=caller.agent, user=caller.user,
-        dimensions=body.dimensions, timeout=seconds, **route)
-    result: EmbeddingResult = await handle.wait(seconds)
+
+    async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
+        return await asyncio.to_thread(
+            state.client.embed, body.input, agent=caller.agent, user=caller.user,
+            dimensions=body.dimensions, timeout=job_timeout, job_id=job_id, **route)
+
+    result: EmbeddingResult = await _run_once(
+        state, caller, body.model_dump(mode="json", exclude_none=True), seconds,
+        idempotency_key, retry_count, submit)
     _fleet_headers(response, result)
     data = [EmbeddingData(index=i, embedding=_encode(v, body.encoding_format))
             for i, v in enumerate(result.vectors)]

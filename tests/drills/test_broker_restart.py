@@ -1,0 +1,82 @@
+"""Drill: Redis (broker, results, spool, budgets) killed with SIGKILL while jobs are in
+flight, down for a while, then restarted from its append-only file on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import FleetError, FleetUnavailableError
+from tests.drills.conftest import (
+    DrillStack,
+    assert_budget_exact,
+    running_worker,
+    wait_for_rows,
+)
+
+JOBS = 400
+DOWN_S = 10.0
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_jobs_in_flight_outlive_a_broker_restart(drill_stack: DrillStack, sim: Any,
+                                                 tmp_path: Path) -> None:
+    stack = drill_stack
+    sim.configure(latency_ms=500)
+    with running_worker(stack, "broker", tmp_path / "worker.log") as (worker, client):
+        # Given 400 jobs in flight on a worker of 32 threads, every agent waiting
+        run = uuid.uuid4().hex[:8]
+        handles = [client.submit([{"role": "user", "content": f"drill {run} {i}"}],
+                                 tier="simple", max_tokens=16, timeout=120)
+                   for i in range(JOBS)]
+        outcomes: list[Any] = []
+        finished_at: list[float] = []
+
+        async def wait_all() -> None:
+            async def one(handle: Any) -> Any:
+                try:
+                    return await handle.wait(timeout=120)
+                except FleetError as exc:
+                    return exc
+                finally:
+                    finished_at.append(time.monotonic())
+            outcomes.extend(await asyncio.gather(*(one(h) for h in handles)))
+
+        waiting = threading.Thread(target=lambda: asyncio.run(wait_all()))
+        waiting.start()
+        time.sleep(1.5)  # jobs running, the queue's tail safely in the append-only file
+        # When Redis dies without warning, stays down, and comes back
+        stack.kill_redis()
+        killed = time.monotonic()
+        time.sleep(DOWN_S)
+        stack.restart_redis()
+        back = time.monotonic()
+        waiting.join(timeout=150)
+        assert not waiting.is_alive(), "waits still hanging"
+        rows = wait_for_rows(stack, "broker", JOBS, timeout=30)
+        rows_at = time.monotonic() - back
+        assert worker.poll() is None, "the worker died"
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    print(f"\nbroker restart drill: {JOBS} jobs, Redis down {DOWN_S:.0f} s "
+          f"({back - killed:.1f} s with the restart); outcomes {dict(kinds)}; "
+          f"last answer {max(finished_at) - back:.1f} s after Redis returned; "
+          f"{len(rows)} ledger rows {rows_at:.1f} s after; "
+          f"{sim.stats()['requests']} provider calls")
+    # Then every job is answered (no FleetUnavailableError for jobs that finished)
+    assert not any(isinstance(o, FleetUnavailableError) for o in outcomes)
+    assert kinds == Counter({"CompletionResult": JOBS})
+    # And each left exactly one ledger row, within 30 s of Redis' return
+    assert len(rows) == JOBS and len({r["job_id"] for r in rows}) == JOBS
+    assert {r["status"] for r in rows} == {"succeeded"}
+    # And the provider was called once per job
+    assert sim.stats()["requests"] == JOBS
+    # And the budget counter holds exactly what the ledger says was spent
+    assert_budget_exact(stack, "broker")
