@@ -9,6 +9,7 @@ here only the shape is checked.
 from __future__ import annotations
 
 import enum
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -40,6 +41,16 @@ MAX_METADATA_CHARS = 2000
 #: Upper bound on the texts of one embedding job; the worker splits it further
 #: into provider-sized batches.
 MAX_EMBED_TEXTS = 10_000
+
+#: A lone surrogate: a Python string may hold one, but no UTF-8 body (to a provider, a
+#: broker or Postgres) can carry it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unencodable(text: str) -> bool:
+    """Does ``text`` hold what no UTF-8 body can carry (a lone surrogate)?"""
+    return _SURROGATE.search(text) is not None
+
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@+-]+$")]
 
@@ -104,14 +115,18 @@ class _JobBase(_Strict):
     @field_validator("metadata")
     @classmethod
     def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """Metadata lands in the ledger: small, and nothing Postgres refuses (NUL)."""
+        """Metadata lands in the ledger: small, and nothing Postgres refuses (NUL, a lone
+        surrogate)."""
         if len(value) > MAX_METADATA_KEYS:
             raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
         for key, item in value.items():
-            if not 0 < len(key) <= 100 or "\x00" in key:
-                raise ValueError(f"key {key[:40]!r}: 1 to 100 characters, no NUL")
-            if isinstance(item, str) and (len(item) > MAX_METADATA_CHARS or "\x00" in item):
-                raise ValueError(f"{key}: at most {MAX_METADATA_CHARS} characters, no NUL")
+            if not 0 < len(key) <= 100 or "\x00" in key or unencodable(key):
+                raise ValueError(f"key {key[:40]!r}: 1 to 100 characters, no NUL or lone "
+                                 "surrogate")
+            if isinstance(item, str) and (len(item) > MAX_METADATA_CHARS or "\x00" in item
+                                          or unencodable(item)):
+                raise ValueError(f"{key}: at most {MAX_METADATA_CHARS} characters, no NUL or "
+                                 "lone surrogate")
         return value
 
 
@@ -141,6 +156,12 @@ class CompletionJob(_JobBase):
         size = sum(len(m.text) for m in self.messages)
         if size > MAX_REQUEST_CHARS:
             raise ValueError(f"messages: {size} characters, over the limit of {MAX_REQUEST_CHARS}")
+        for i, message in enumerate(self.messages):
+            if unencodable(message.text):
+                raise ValueError(f"messages.{i}.content: holds a lone surrogate, which no "
+                                 "UTF-8 request can carry")
+        if any(unencodable(s) for s in self.stop or ()):
+            raise ValueError("stop: holds a lone surrogate, which no UTF-8 request can carry")
         return self
 
     def sampling(self) -> dict[str, Any]:
@@ -163,6 +184,8 @@ class EmbeddingJob(_JobBase):
             raise ValueError("texts: an empty string cannot be embedded")
         if sum(len(t) for t in value) > MAX_REQUEST_CHARS:
             raise ValueError(f"texts: over the limit of {MAX_REQUEST_CHARS} characters")
+        if any(unencodable(t) for t in value):
+            raise ValueError("texts: a lone surrogate, which no UTF-8 request can carry")
         return value
 
 

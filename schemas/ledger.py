@@ -4,6 +4,7 @@ short-circuit) through the Redis spool into Postgres' ``job_ledger`` table."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,13 +20,14 @@ COLUMN_WIDTHS = {"job_id": 64, "kind": 16, "agent": 200, "user_id": 200, "tier":
                  "requested_model": 200, "model": 200, "provider": 200, "status": 16,
                  "error": 100}
 _MESSAGE_CHARS = 500
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _storable(value: Any) -> Any:
-    """``value`` with every NUL character gone (Postgres text and JSONB refuse them),
-    in strings, keys and nested values."""
+    """``value`` with every NUL character gone and every lone surrogate replaced
+    (Postgres text and JSONB refuse both), in strings, keys and nested values."""
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
     if isinstance(value, dict):
         return {_storable(k): _storable(v) for k, v in value.items()}
     if isinstance(value, list):
