@@ -1,5 +1,7 @@
 """The shapes everyone agrees on: jobs, results, errors, the fleet file. No I/O here."""
 
+from schemas.chat import *  # noqa: F403
+from schemas.chat import __all__ as _chat_all
 from schemas.config import *  # noqa: F403
 from schemas.config import __all__ as _config_all
 from schemas.durations import *  # noqa: F403
@@ -15,5 +17,5 @@ from schemas.outcome import __all__ as _outcome_all
 from schemas.settings import *  # noqa: F403
 from schemas.settings import __all__ as _settings_all
 
-__all__ = [*_config_all, *_durations_all, *_errors_all, *_jobs_all, *_ledger_all, *_outcome_all,
-           *_settings_all]
+__all__ = [*_chat_all, *_config_all, *_durations_all, *_errors_all, *_jobs_all, *_ledger_all,
+           *_outcome_all, *_settings_all]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.chat import Message, ToolCall
 from schemas.config import CacheConfig, FleetConfig
 from schemas.jobs import CompletionJob, CompletionResult, Usage
 from schemas.settings import Settings
@@ -38,7 +39,7 @@ __all__ = [
 
 #: Part of every key: bump it when the entry's shape or the key's inputs change, and
 #: old entries are simply never found again (they expire on their own).
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 CacheMode = Literal["use", "skip", "refresh"]
 
@@ -79,10 +80,22 @@ def cache_key(model: str, job: CompletionJob, max_tokens: int) -> str:
     return canonical_hash({
         "v": KEY_VERSION,
         "model": model,
-        "messages": [m.model_dump(mode="json", exclude_none=True) for m in job.messages],
+        "messages": [_keyed(m) for m in job.messages],
         "max_tokens": max_tokens,
         "sampling": job.sampling(),
+        "options": job.options(),  # tools, tool choice, response format
     })
+
+
+def _keyed(message: Message) -> dict[str, Any]:
+    """A message as its key sees it: an inline image by its bytes' sha256, not its
+    megabytes of base64."""
+    data = message.model_dump(mode="json", exclude_none=True)
+    for part in data["content"] if isinstance(data.get("content"), list) else ():
+        url = part.get("image_url", {}).get("url", "")
+        if url.startswith("data:"):
+            part["image_url"]["url"] = "sha256:" + hashlib.sha256(url.encode()).hexdigest()
+    return data
 
 
 def effective_max_tokens(fleet: FleetConfig, tier: str, job: CompletionJob) -> int:
@@ -125,6 +138,8 @@ class CachedAnswer(BaseModel):
 
     content: str
     finish_reason: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    parsed: Any = None
     model: str
     provider: str
     usage: Usage
@@ -136,8 +151,9 @@ class CachedAnswer(BaseModel):
     @classmethod
     def of(cls, result: CompletionResult) -> CachedAnswer:
         return cls(content=result.content, finish_reason=result.finish_reason,
-                   model=result.model, provider=result.provider, usage=result.usage,
-                   cost_usd=result.cost_usd, stored_at=time.time())
+                   tool_calls=result.tool_calls, parsed=result.parsed, model=result.model,
+                   provider=result.provider, usage=result.usage, cost_usd=result.cost_usd,
+                   stored_at=time.time())
 
     def result_for(self, job: CompletionJob, tier: str | None) -> CompletionResult:
         """This answer as ``job``'s result: its own id, tier, agent and user, no cost,
@@ -145,6 +161,6 @@ class CachedAnswer(BaseModel):
         latency = round(max(0.0, time.time() - job.submitted_at) * 1000, 3)
         return CompletionResult(
             job_id=job.job_id, content=self.content, finish_reason=self.finish_reason,
-            model=self.model, provider=self.provider, tier=tier, requested_model=job.model,
-            agent=job.agent, user=job.user, usage=self.usage, cost_usd=0.0,
-            latency_ms=latency, cache_hit=True)
+            tool_calls=self.tool_calls, parsed=self.parsed, model=self.model,
+            provider=self.provider, tier=tier, requested_model=job.model, agent=job.agent,
+            user=job.user, usage=self.usage, cost_usd=0.0, latency_ms=latency, cache_hit=True)

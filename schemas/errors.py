@@ -23,7 +23,8 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   ├── ContextLengthError         prompt too long for this model; another may fit
     │   ├── ModelNotFoundError         the provider does not know the model
     │   ├── ProviderAuthError          401/403: a key is missing or wrong
-    │   └── ProviderBadRequestError    other 4xx: the request itself is wrong
+    │   ├── ProviderBadRequestError    other 4xx: the request itself is wrong
+    │   └── OutputValidationError      the answer is not the JSON the job asked for
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
     ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
     ├── WorkerError                    a worker failed in a way none of the above names
@@ -33,9 +34,11 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     ├── TemplateError                  a prompt template cannot be stored or rendered
     │   ├── TemplateNotFoundError      no template (or no such version) by that name
     │   └── TemplateRenderError        syntax error, missing variable or sandbox refusal
-    └── ExperimentError                an experiment is misdefined or cannot do what was asked
-        ├── ExperimentNotFoundError    no experiment by that name
-        └── UnknownJobError            feedback for a job the ledger does not hold
+    ├── ExperimentError                an experiment is misdefined or cannot do what was asked
+    │   ├── ExperimentNotFoundError    no experiment by that name
+    │   └── UnknownJobError            feedback for a job the ledger does not hold
+    └── AgentRunError                  an agent's tool loop did not reach an answer
+        └── MaxStepsExceededError      it took every step it was allowed
 
 Control flow that is not an error (a job moved to another model, say) does not live here.
 """
@@ -45,9 +48,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "AllModelsFailedError", "BudgetExceededError", "ClientClosedError", "ConfigError",
-    "ContextLengthError", "ExperimentError", "ExperimentNotFoundError", "FleetError",
-    "FleetUnavailableError", "JobTimeoutError", "JobValidationError", "ModelNotFoundError",
+    "AgentRunError", "AllModelsFailedError", "BudgetExceededError", "ClientClosedError",
+    "ConfigError", "ContextLengthError", "ExperimentError", "ExperimentNotFoundError",
+    "FleetError", "FleetUnavailableError", "JobTimeoutError", "JobValidationError",
+    "MaxStepsExceededError", "ModelNotFoundError", "OutputValidationError",
     "PgvectorMissingError", "ProviderAuthError", "ProviderBadRequestError",
     "ProviderConnectionError", "ProviderError", "ProviderOverloadedError",
     "ProviderServerError", "ProviderTimeoutError", "RateLimitError", "RequestTooLargeError",
@@ -62,46 +66,38 @@ _REGISTRY: dict[str, type[FleetError]] = {}
 class FleetError(Exception):
     """Base of every llmfleet error. ``fields`` holds the JSON-able details."""
 
-    #: Names of the keyword fields a class carries across the result backend.
+    #: Names of the keyword fields a class carries across the result backend (its
+    #: own; ``all_fields`` adds its bases').
     field_names: ClassVar[tuple[str, ...]] = ()
+    all_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
         self.message = message
-        unknown = set(fields) - set(self._all_field_names())
-        if unknown:
+        if unknown := set(fields) - set(self.all_fields):
             raise TypeError(f"{type(self).__name__} takes no field {sorted(unknown)}")
-        for name in self._all_field_names():
+        for name in self.all_fields:
             setattr(self, name, fields.get(name))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
-
-    @classmethod
-    def _all_field_names(cls) -> tuple[str, ...]:
-        names: list[str] = []
-        for klass in reversed(cls.__mro__):
-            for name in getattr(klass, "field_names", ()):
-                if name not in names:
-                    names.append(name)
-        return tuple(names)
+        cls.all_fields = tuple(dict.fromkeys(
+            name for klass in reversed(cls.__mro__) for name in getattr(klass, "field_names", ())))
 
     def to_payload(self) -> dict[str, Any]:
         """A JSON-able dict; ``from_payload`` turns it back into this error."""
-        fields = {name: getattr(self, name) for name in self._all_field_names()}
+        fields = {name: getattr(self, name) for name in self.all_fields}
         return {"type": type(self).__name__, "message": self.message, "fields": fields}
 
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> FleetError:
         """Rebuild an error sent as JSON; an unknown type becomes a WorkerError."""
         cls = _REGISTRY.get(str(payload.get("type")))
-        message = str(payload.get("message", ""))
-        fields = payload.get("fields") or {}
+        message, fields = str(payload.get("message", "")), payload.get("fields") or {}
         if cls is None:
             return WorkerError(f"{payload.get('type')}: {message}")
-        known = {k: v for k, v in fields.items() if k in cls._all_field_names()}
-        return cls(message, **known)
+        return cls(message, **{k: v for k, v in fields.items() if k in cls.all_fields})
 
 
 _REGISTRY["FleetError"] = FleetError
@@ -214,6 +210,15 @@ class ProviderBadRequestError(ProviderError):
     """Another 4xx: the request itself is wrong, so no retry and no fallback."""
 
 
+class OutputValidationError(ProviderError):
+    """The model's answer is not what the job asked for (JSON of its schema, a call of a
+    tool it offered), even after asking again; ``detail`` quotes the validator."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("detail",)
+    detail: str | None
+    fallback = True
+
+
 class AllModelsFailedError(FleetError):
     """Every model of the chain failed; ``attempts`` lists each try."""
 
@@ -289,3 +294,16 @@ class ExperimentNotFoundError(ExperimentError):
 
 class UnknownJobError(ExperimentError):
     """Feedback names a job the ledger does not hold, or one outside any experiment."""
+
+
+class AgentRunError(FleetError):
+    """An agent's tool loop (``FleetAgent.run``) ended without an answer; ``steps`` it
+    took and what they cost."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("steps", "cost_usd")
+    steps: int | None
+    cost_usd: float | None
+
+
+class MaxStepsExceededError(AgentRunError):
+    """The tool loop took every step it was allowed and the model still asked for tools."""

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.chat import Message, ResponseFormat, Tool, ToolCall, ToolChoice
+
 __all__ = [
     "MAX_EMBED_TEXTS",
     "MAX_REQUEST_CHARS",
@@ -26,9 +28,8 @@ __all__ = [
     "EmbeddingJob",
     "EmbeddingResult",
     "JobStatus",
-    "Message",
-    "TextPart",
     "Usage",
+    "check_conversation",
     "new_job_id",
 ]
 
@@ -77,28 +78,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TextPart(_Strict):
-    """One text block of a message's content (the OpenAI and Anthropic block shape)."""
-
-    type: Literal["text"] = "text"
-    text: str
-
-
-class Message(_Strict):
-    """One chat message."""
-
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-    @property
-    def text(self) -> str:
-        """The content as one string, blocks joined."""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
 class _JobBase(_Strict):
     job_id: str = Field(default_factory=new_job_id, min_length=8, max_length=64)
     tier: Name | None = None
@@ -131,17 +110,22 @@ class _JobBase(_Strict):
 
 
 class CompletionJob(_JobBase):
-    """A chat completion: messages plus a tier or a model."""
+    """A chat completion: messages plus a tier or a model; tools the model may call and
+    the shape its answer must take, as OpenAI's chat format says them."""
 
     kind: Literal["completion"] = "completion"
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: list[str] | None = Field(default=None, max_length=4)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     #: May the job move to the next model of its tier's chain when one fails?
     fallback: bool = True
     #: The response cache. None: use it within the fleet's temperature bound
@@ -151,23 +135,84 @@ class CompletionJob(_JobBase):
 
     @model_validator(mode="after")
     def _check_shape(self) -> CompletionJob:
-        if not any(m.role != "system" for m in self.messages):
+        if not any(m.role not in ("system", "developer") for m in self.messages):
             raise ValueError("messages: at least one user or assistant message is needed")
         size = sum(len(m.text) for m in self.messages)
         if size > MAX_REQUEST_CHARS:
             raise ValueError(f"messages: {size} characters, over the limit of {MAX_REQUEST_CHARS}")
         for i, message in enumerate(self.messages):
-            if unencodable(message.text):
+            if unencodable(message.text) or any(
+                    unencodable(c.function.arguments) for c in message.tool_calls or ()):
                 raise ValueError(f"messages.{i}.content: holds a lone surrogate, which no "
                                  "UTF-8 request can carry")
         if any(unencodable(s) for s in self.stop or ()):
             raise ValueError("stop: holds a lone surrogate, which no UTF-8 request can carry")
+        check_conversation(self.messages)
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two tools share a name")
+        if not names and (self.tool_choice is not None or self.parallel_tool_calls is not None):
+            raise ValueError("tool_choice: tool_choice and parallel_tool_calls need tools")
+        choice = self.tool_choice
+        if choice is not None and not isinstance(choice, str) and choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool is named {choice.function.name!r}")
+        if self.response_format is not None and self.response_format.type == "json_object" \
+                and not any("json" in m.text.lower() for m in self.messages):
+            # OpenAI refuses it so (the model might write JSON forever otherwise).
+            raise ValueError("response_format: json_object needs a message that asks for JSON "
+                             "(says \"JSON\")")
 
     def sampling(self) -> dict[str, Any]:
         """The sampling options that were set, as sent to a provider."""
         names = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "seed")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def options(self) -> dict[str, Any]:
+        """Tools, tool choice and response format, as OpenAI's wire format says them."""
+        out: dict[str, Any] = {}
+        if self.tools:
+            out["tools"] = [t.model_dump(mode="json", exclude_none=True) for t in self.tools]
+        if self.tool_choice is not None:
+            out["tool_choice"] = (self.tool_choice if isinstance(self.tool_choice, str)
+                                  else self.tool_choice.model_dump(mode="json"))
+        if self.parallel_tool_calls is not None:
+            out["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format is not None:
+            out["response_format"] = self.response_format.wire()
+        return out
+
+
+def check_conversation(messages: list[Message]) -> None:
+    """Tool messages answer the calls of the assistant message just before them, each
+    once and all of them, before the conversation goes on (OpenAI refuses anything
+    else, and Anthropic's tool_result blocks must follow their tool_use at once)."""
+    pending: dict[str, int] = {}  # call id -> the assistant message that made it
+    answered: set[str] = set()
+    for i, message in enumerate(messages):
+        if message.role == "tool":
+            call = message.tool_call_id or ""
+            if call not in pending:
+                raise ValueError(f"messages.{i}.tool_call_id: {call!r} answers no call of the "
+                                 "assistant message before it")
+            if call in answered:
+                raise ValueError(f"messages.{i}.tool_call_id: call {call!r} is answered twice")
+            answered.add(call)
+            continue
+        _all_answered(pending, answered)
+        pending = {c.id: i for c in message.tool_calls or ()}
+        answered = set()
+    _all_answered(pending, answered)
+
+
+def _all_answered(pending: dict[str, int], answered: set[str]) -> None:
+    missing = [call for call in pending if call not in answered]
+    if missing:
+        raise ValueError(f"messages.{pending[missing[0]]}.tool_calls: call {missing[0]!r} is "
+                         "not answered by a tool message")
 
 
 class EmbeddingJob(_JobBase):
@@ -251,11 +296,24 @@ class _ResultBase(_Strict):
 
 
 class CompletionResult(_ResultBase):
-    """The answer to a CompletionJob."""
+    """The answer to a CompletionJob: text, or the tool calls the model asks for;
+    ``parsed`` holds the answer's JSON when the job asked for a JSON response format.
+    ``finish_reason`` in OpenAI's words: stop, length, tool_calls, content_filter."""
 
     kind: Literal["completion"] = "completion"
     content: str
     finish_reason: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    parsed: Any = None
+
+    def message(self) -> dict[str, Any]:
+        """This answer as the assistant message a conversation goes on with."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump(mode="json") for c in self.tool_calls]
+        elif message["content"] is None:
+            message["content"] = ""
+        return message
 
 
 class EmbeddingResult(_ResultBase):

@@ -55,17 +55,32 @@ def decode_batch(outcome: Any, size: int) -> list[dict[str, Any]]:
     return envelopes
 
 
+def _path(loc: tuple[Any, ...]) -> list[str]:
+    """A pydantic location as a field path: union members (``list[...]``, ``str``) and
+    discriminator tags (the tag repeats the field that follows it) left out."""
+    path: list[str] = []
+    for part in map(str, loc):
+        if "[" in part or part in ("str", "int", "float", "bool", "none"):
+            continue
+        if not path or path[-1] != part:
+            path.append(part)
+    return path
+
+
 def validation_error(exc: ValidationError, prefix: str = "") -> JobValidationError:
-    """A pydantic error as a JobValidationError naming the first bad field."""
-    first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    """A pydantic error as a JobValidationError naming the most specific bad field
+    (where a value matched no member of a union, the member it came closest to)."""
+    errors = exc.errors()
+    first = max(errors, key=lambda e: len(_path(e["loc"])))
+    loc = _path(first["loc"])
     field = ".".join(loc) or "job"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
-    # A model validator reports on the whole job; its message starts with the field.
-    if not loc and ":" in message:
-        field, message = (part.strip() for part in message.split(":", 1))
-    count = exc.error_count()
+    # A model validator reports on the model; its message starts with the field.
+    if ":" in message and message.split(":", 1)[0].replace(".", "").replace("_", "").isalnum():
+        head, message = (part.strip() for part in message.split(":", 1))
+        field = ".".join([*loc, head]) if loc and not head.startswith(loc[0]) else head
+    count = len(errors)
     more = f" (and {count - 1} more)" if count > 1 else ""
     return JobValidationError(f"{prefix}{field}: {message}{more}", field=field)

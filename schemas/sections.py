@@ -74,6 +74,10 @@ class RetryConfig(Section):
     backoff_max_s: float = Field(default=8.0, ge=0)
     #: A Retry-After longer than this is not waited for: the chain moves on.
     retry_after_max_s: float = Field(default=20.0, ge=0)
+    #: An answer that is not the JSON the job asked for (or calls a tool it did not
+    #: offer) is asked for again this many times on the same model, then the chain
+    #: moves on. Every call is billed to the job.
+    invalid_output_retries: int = Field(default=1, ge=0, le=5)
 
 
 class BreakerConfig(Section):

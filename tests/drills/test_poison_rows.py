@@ -33,7 +33,7 @@ def test_poison_never_stops_the_ledger(drill_stack: DrillStack, sim: Any,
         with pytest.raises(JobValidationError) as info:
             client.submit([{"role": "user", "content": "x"}], tier="simple",
                           metadata={"note": "a\x00b"})
-        assert info.value.field == "metadata"  # type: ignore[attr-defined]
+        assert info.value.field == "metadata.note"  # type: ignore[attr-defined]
         # And a message that skipped the client: a NUL in its metadata, a tier past the
         # ledger column's 40 characters
         hostile = {"job_id": uuid.uuid4().hex, "agent": "poison", "tier": "t" * 300,

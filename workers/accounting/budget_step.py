@@ -8,7 +8,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from schemas import BudgetConfig, BudgetExceededError
+from schemas import BudgetConfig, BudgetExceededError, CompletionJob
 from workers.accounting.budgets import BudgetLedger, Period, Refusal
 from workers.pipeline.pricing import worst_case_cost
 from workers.pipeline.steps import Handler, JobContext, Result, Step
@@ -24,8 +24,15 @@ class BudgetStep(Step):
         self._budgets = budgets
 
     def _worst_case(self, ctx: JobContext) -> float:
-        return max(worst_case_cost(ctx.fleet.models[m], ctx.prompt_tokens, ctx.max_tokens)
+        """The dearest model's cost of a whole call, as many times as a job that wants
+        JSON may ask it again (``[retry].invalid_output_retries``)."""
+        once = max(worst_case_cost(ctx.fleet.models[m], ctx.prompt_tokens, ctx.max_tokens)
                    for m in ctx.chain)
+        job = ctx.job
+        asks = 1 if not isinstance(job, CompletionJob) or (
+            job.response_format is None and not job.tools) else \
+            1 + ctx.fleet.retry.invalid_output_retries
+        return once * asks
 
     async def _reserve(self, ctx: JobContext, charge: str) -> tuple[Budgets, Refusal | None]:
         budgets = self._budgets.applicable(agent=ctx.job.agent, user=ctx.job.user,

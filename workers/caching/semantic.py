@@ -130,7 +130,11 @@ def _embedding_job(job: CompletionJob, text: str, model: str) -> EmbeddingJob:
 
 
 def _last_user_text(job: CompletionJob) -> str | None:
+    """The question to compare by meaning; None for a job that is not one plain question
+    (tools, a response format or images change what an answer must be)."""
     last = job.messages[-1]
+    if job.tools or job.response_format or any(m.images for m in job.messages):
+        return None
     return last.text if last.role == "user" and last.text.strip() else None
 
 

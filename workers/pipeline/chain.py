@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from schemas import (
     AllModelsFailedError,
@@ -24,12 +24,14 @@ from schemas import (
     EmbeddingJob,
     EmbeddingResult,
     FleetConfig,
+    OutputValidationError,
     ProviderError,
     Usage,
 )
 from workers.pipeline.attempts import AttemptRunner
 from workers.pipeline.breaker import Breaker, route_key
 from workers.pipeline.deadline import Deadline
+from workers.pipeline.output import check_output
 from workers.pipeline.pricing import cost_of, count_tokens, estimate_prompt_tokens
 from workers.pipeline.steps import JobContext, Step, compose
 from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
@@ -59,7 +61,7 @@ class Pipeline:
             tier = self.fleet.route(job.tier, job.model)
             max_tokens = (job.max_tokens or self.fleet.tiers[tier].default_max_tokens
                           or self.fleet.default_max_tokens)
-            prompt_tokens = estimate_prompt_tokens(job.messages)
+            prompt_tokens = estimate_prompt_tokens(job.messages, job.tools)
             fallback = job.fallback
         else:
             tier = self.fleet.route(job.tier, job.model, embedding=True)
@@ -96,6 +98,7 @@ class Pipeline:
     async def _complete_chain(self, ctx: JobContext) -> CompletionResult:
         job = ctx.job
         assert isinstance(job, CompletionJob)
+        seen: dict[str, Any] = {}  # the last answer's parsed JSON and what was wrong
 
         async def call(model: str, provider: Provider) -> Completion:
             cfg = self.fleet.models[model]
@@ -104,23 +107,66 @@ class Pipeline:
                     f"{model}: {ctx.prompt_tokens} prompt + {ctx.max_tokens} output tokens "
                     f"exceed its context window of {cfg.context_window}", model=model,
                     provider=provider.name)
-            request = ChatRequest(model=model, wire_model=cfg.wire_name or model,
-                                  messages=job.messages, max_tokens=ctx.max_tokens,
-                                  sampling=job.sampling())
-            return await self.runner.run(lambda: provider.complete(request), model=model,
-                                         provider=provider.name, deadline=ctx.deadline,
-                                         max_retries=self.fleet.max_retries(ctx.tier),
-                                         log=ctx.log)
+            request = ChatRequest(
+                model=model, wire_model=cfg.wire_name or model, messages=job.messages,
+                max_tokens=ctx.max_tokens, sampling=job.sampling(), tools=job.tools,
+                tool_choice=job.tool_choice, parallel_tool_calls=job.parallel_tool_calls,
+                response_format=job.response_format)
+            for _ in range(self.fleet.retry.invalid_output_retries + 1):
+                completion = await self.runner.run(
+                    lambda: provider.complete(request), model=model, provider=provider.name,
+                    deadline=ctx.deadline, max_retries=self.fleet.max_retries(ctx.tier),
+                    log=ctx.log)
+                problem, seen["parsed"] = check_output(job, completion)
+                if problem is None:
+                    return completion
+                seen["problem"] = problem
+                # Billed all the same: the job pays for it; ask again.
+                ctx.discarded.append((model, self._usage(ctx, completion)))
+                ctx.log[-1] = ctx.log[-1].model_copy(update={"ok": False,
+                                                             "error": "OutputValidationError"})
+            raise OutputValidationError(f"{model}: the answer is {seen['problem']}",
+                                        model=model, provider=provider.name,
+                                        detail=seen["problem"])
 
-        model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
-        usage = completion.usage or Usage(prompt_tokens=ctx.prompt_tokens,
-                                          completion_tokens=count_tokens(completion.content),
-                                          estimated=True)
+        try:
+            model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
+        except AllModelsFailedError:
+            last = ctx.log[-1] if ctx.log else None
+            if last is not None and "problem" in seen and \
+                    all(a.error == "OutputValidationError" for a in ctx.log if not a.ok):
+                # Every model answered, none as asked: say what was wrong, not "failed".
+                raise OutputValidationError(
+                    f"no model of tier {ctx.tier!r} gave the answer the job asked for: "
+                    f"{seen['problem']}", model=last.model, provider=last.provider,
+                    detail=seen["problem"]) from None
+            raise
+        return self._completion_result(ctx, job, model, completion, seen.get("parsed"))
+
+    def _usage(self, ctx: JobContext, completion: Completion) -> Usage:
+        return completion.usage or Usage(
+            prompt_tokens=ctx.prompt_tokens, estimated=True,
+            completion_tokens=count_tokens(completion.content) + sum(
+                count_tokens(c.function.arguments) for c in completion.tool_calls or ()))
+
+    def _completion_result(self, ctx: JobContext, job: CompletionJob, model: str,
+                           completion: Completion, parsed: Any) -> CompletionResult:
+        """The result: the answering call's usage and cost, plus every discarded
+        answer's (each at its own model's prices)."""
+        usage = self._usage(ctx, completion)
+        cost = cost_of(self.fleet.models[model], usage)
+        for other, spent in ctx.discarded:
+            cost += cost_of(self.fleet.models[other], spent)
+            usage = Usage(prompt_tokens=usage.prompt_tokens + spent.prompt_tokens,
+                          completion_tokens=usage.completion_tokens + spent.completion_tokens,
+                          cached_tokens=usage.cached_tokens + spent.cached_tokens,
+                          estimated=usage.estimated or spent.estimated)
         return CompletionResult(
             job_id=job.job_id, content=completion.content, finish_reason=completion.finish_reason,
-            model=model, provider=self.fleet.models[model].provider, tier=ctx.tier,
+            tool_calls=completion.tool_calls, parsed=parsed, model=model,
+            provider=self.fleet.models[model].provider, tier=ctx.tier,
             requested_model=job.model, agent=job.agent, user=job.user, usage=usage,
-            cost_usd=cost_of(self.fleet.models[model], usage), latency_ms=_latency(job),
+            cost_usd=round(cost, 10), latency_ms=_latency(job),
             fallback_used=model != ctx.chain[0], attempt_log=ctx.log)
 
     async def _embed_chain(self, ctx: JobContext) -> EmbeddingResult:

@@ -8,15 +8,18 @@ so nothing is downloaded) and the usage is marked estimated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import math
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import tiktoken
 
-from schemas import Message, ModelConfig, Usage
+from schemas import ImageURL, Message, ModelConfig, Tool, Usage
+from schemas.images import parse_data_url
 
-__all__ = ["cost_of", "count_tokens", "estimate_prompt_tokens", "worst_case_cost"]
+__all__ = ["cost_of", "count_tokens", "estimate_prompt_tokens", "image_tokens", "worst_case_cost"]
 
 _PER_MESSAGE = 4  # role and separators, as OpenAI's chat format counts them
 _PER_REQUEST = 3
@@ -32,9 +35,38 @@ def count_tokens(text: str) -> int:
     return len(_encoding().encode(text, disallowed_special=()))
 
 
-def estimate_prompt_tokens(messages: Iterable[Message]) -> int:
-    """Prompt tokens of a message list, counted as OpenAI's chat format does."""
-    return sum(count_tokens(m.text) + _PER_MESSAGE for m in messages) + _PER_REQUEST
+def image_tokens(image: ImageURL) -> int:
+    """An image's tokens by OpenAI's rule (the dearer of the two formats' rules for
+    most sizes): 85 at low detail; else 85 plus 170 per 512-px tile, once the image is
+    scaled to fit 2048 x 2048 and its shortest side to 768. A URL the fleet does not
+    fetch counts as 1024 x 1024."""
+    if image.detail == "low":
+        return 85
+    width, height = 1024.0, 1024.0
+    if image.url.startswith("data:"):
+        inline = parse_data_url(image.url)
+        width, height = float(inline.width), float(inline.height)
+    scale = min(1.0, 2048 / max(width, height))
+    width, height = width * scale, height * scale
+    scale = min(1.0, 768 / min(width, height))
+    width, height = width * scale, height * scale
+    return 85 + 170 * math.ceil(width / 512) * math.ceil(height / 512)
+
+
+def estimate_prompt_tokens(messages: Iterable[Message],
+                           tools: Sequence[Tool] | None = None) -> int:
+    """Prompt tokens of a message list (with its tool calls and images) and the tools
+    offered, counted as OpenAI's chat format does."""
+    total = _PER_REQUEST
+    for message in messages:
+        total += count_tokens(message.text) + _PER_MESSAGE
+        total += sum(image_tokens(image) for image in message.images)
+        total += sum(count_tokens(c.function.name + c.function.arguments) + _PER_MESSAGE
+                     for c in message.tool_calls or ())
+    if tools:
+        total += count_tokens(json.dumps([t.model_dump(mode="json", exclude_none=True)
+                                          for t in tools]))
+    return total
 
 
 def cost_of(model: ModelConfig, usage: Usage) -> float:

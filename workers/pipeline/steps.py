@@ -24,6 +24,7 @@ from schemas import (
     EmbeddingJob,
     EmbeddingResult,
     FleetConfig,
+    Usage,
 )
 from workers.pipeline.deadline import Deadline
 
@@ -56,6 +57,9 @@ class JobContext:
     #: What a cache answered instead of a provider would have cost (the ledger row's
     #: ``cost_saved_usd``); set by the caching steps.
     cost_saved_usd: float = 0.0
+    #: Answers a provider billed that the job could not use (not the JSON it asked for),
+    #: by model: the job pays for them too. Shared, like ``log``.
+    discarded: list[tuple[str, Usage]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.primary_model and self.chain:

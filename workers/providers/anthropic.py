@@ -1,17 +1,26 @@
-"""The Anthropic Messages API: system prompt apart, content blocks, cache-read usage."""
+"""The Anthropic Messages API: the chat translated both ways by ``anthropic_wire``, cache
+reads counted apart in usage, ``stop_reason`` in OpenAI's words."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from schemas import Message, ProviderBadRequestError, ProviderServerError, Usage
+from schemas import FunctionCall, ProviderBadRequestError, ProviderServerError, ToolCall, Usage
+from workers.providers.anthropic_wire import (
+    answer_from_format_tool,
+    format_tool,
+    to_wire,
+    tool_choice,
+    wire_tools,
+)
 from workers.providers.base import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
 __all__ = ["AnthropicProvider"]
 
 API_VERSION = "2023-06-01"
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                 "tool_use": "tool_calls"}
+                 "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 
 
 class AnthropicProvider(Provider):
@@ -29,47 +38,68 @@ class AnthropicProvider(Provider):
             return str(error.get("message", "")), error.get("type")
         return str(body)[:300], None
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        system, turns = _to_wire(request.messages)
+    def chat_payload(self, request: ChatRequest) -> tuple[dict[str, Any], str | None, bool]:
+        """(the payload, the name of the tool a response format became, whether its
+        schema was wrapped in an object)."""
+        system, turns = to_wire(request.messages)
         payload: dict[str, Any] = {"model": request.wire_model, "max_tokens": request.max_tokens,
                                    "messages": turns}
-        if system:
+        if system.strip():
             payload["system"] = system
         for name in ("temperature", "top_p"):
             if name in request.sampling:
-                payload[name] = request.sampling[name]
+                # Anthropic's scale ends at 1 where OpenAI's ends at 2.
+                payload[name] = min(1.0, request.sampling[name])
         if "stop" in request.sampling:
             payload["stop_sequences"] = request.sampling["stop"]
+        tools = wire_tools(request.tools)
+        choice = tool_choice(request.tool_choice, request.parallel_tool_calls)
+        format_name, wrapped = None, False
+        if request.wants_json:
+            assert request.response_format is not None
+            forced, wrapped = format_tool(request.response_format)
+            format_name = forced["name"]
+            tools.append(forced)
+            # Alone, the format tool is forced; beside the job's own tools, some tool is.
+            choice = {"type": "tool", "name": format_name} if len(tools) == 1 else {
+                "type": "any", **({"disable_parallel_tool_use": True}
+                                  if request.parallel_tool_calls is False else {})}
+        if tools:
+            payload["tools"] = tools
+        if choice is not None and tools:
+            payload["tool_choice"] = choice
+        return payload, format_name, wrapped
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        payload, format_name, wrapped = self.chat_payload(request)
         url = self.config.base_url.rstrip("/") + "/v1/messages"
         body = await self._post(url, payload, request.model)
         try:
-            text = "".join(block.get("text", "") for block in body["content"]
-                           if block.get("type") == "text")
-        except (KeyError, TypeError, AttributeError):
+            return self._read(body, format_name, wrapped)
+        except (KeyError, TypeError, AttributeError, ValueError):
             raise ProviderServerError(f"{self.name}: {request.model}: malformed message",
                                       provider=self.name, model=request.model) from None
+
+    def _read(self, body: Any, format_name: str | None, wrapped: bool) -> Completion:
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in body["content"]:
+            if block.get("type") == "text":
+                texts.append(block["text"])
+            elif block.get("type") == "tool_use" and block.get("name") == format_name:
+                # The response format's tool: its input is the answer, never empty content.
+                return Completion(content=answer_from_format_tool(block, wrapped),
+                                  finish_reason="stop", usage=_usage(body.get("usage")))
+            elif block.get("type") == "tool_use":
+                calls.append(ToolCall(id=block["id"], function=FunctionCall(
+                    name=block["name"], arguments=json.dumps(block.get("input") or {}))))
         reason = body.get("stop_reason")
-        return Completion(content=text, finish_reason=_STOP_REASONS.get(reason, reason),
-                          usage=_usage(body.get("usage")))
+        return Completion(content="".join(texts), finish_reason=_STOP_REASONS.get(reason, reason),
+                          usage=_usage(body.get("usage")), tool_calls=calls or None)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         raise ProviderBadRequestError(f"{self.name}: the Messages API serves no embeddings",
                                       provider=self.name, model=request.model)
-
-
-def _to_wire(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
-    """System text apart; turns alternate, so neighbours of one role are merged."""
-    system = "\n\n".join(m.text for m in messages if m.role == "system")
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role == "system":
-            continue
-        block = {"type": "text", "text": message.text}
-        if turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"].append(block)
-        else:
-            turns.append({"role": message.role, "content": [block]})
-    return system, turns
 
 
 def _usage(raw: Any) -> Usage | None:

@@ -22,6 +22,10 @@ from schemas import (
     ProviderError,
     ProviderServerError,
     ProviderTimeoutError,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
     Usage,
 )
 from workers.providers.errors import body_text, error_for_status, parse_retry_after, redact
@@ -35,25 +39,36 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """One chat call, in the fleet's terms; each provider writes its own wire format."""
+    """One chat call, in the fleet's terms (OpenAI's chat format, whole); each provider
+    writes its own wire format, and reads its answer back into a Completion."""
 
     model: str
     wire_model: str
     messages: list[Message]
     max_tokens: int
     sampling: dict[str, Any] = field(default_factory=dict)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def wants_json(self) -> bool:
+        return self.response_format is not None and self.response_format.type != "text"
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A provider's answer; ``usage`` is None when the provider gave none."""
+    """A provider's answer: text or tool calls, and why it stopped (OpenAI's words:
+    stop, length, tool_calls, content_filter); ``usage`` None when the provider gave
+    none."""
 
     content: str
     finish_reason: str | None
     usage: Usage | None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,30 @@
-"""The OpenAI-compatible wire format: OpenAI, OpenRouter, vLLM, Ollama."""
+"""The OpenAI-compatible wire format: OpenAI, OpenRouter, vLLM, Ollama. The fleet's chat
+shape is OpenAI's, so messages, tools, tool choice and response formats pass through."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from schemas import ProviderServerError, Usage
+from pydantic import ValidationError
+
+from schemas import Message, ProviderServerError, ToolCall, Usage
 from workers.providers.base import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["OpenAIProvider", "wire_messages"]
+
+
+def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The messages as OpenAI-compatible servers take them. "developer" goes as
+    "system": every such server knows it, and OpenAI's own models read both alike."""
+    wire = []
+    for message in messages:
+        out = message.model_dump(mode="json", exclude_none=True)
+        if message.role == "developer":
+            out["role"] = "system"
+        if message.role == "assistant" and message.tool_calls and message.content is None:
+            out["content"] = None  # OpenAI wants the key, null, beside tool calls
+        wire.append(out)
+    return wire
 
 
 class OpenAIProvider(Provider):
@@ -23,23 +40,37 @@ class OpenAIProvider(Provider):
             return str(error.get("message", "")), None if code is None else str(code)
         return str(body)[:300], None
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    def chat_payload(self, request: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "model": request.wire_model,
-            "messages": [m.model_dump(exclude_none=True) for m in request.messages],
-            "max_tokens": request.max_tokens,
-            **request.sampling,
-        }
+            "model": request.wire_model, "messages": wire_messages(request.messages),
+            "max_tokens": request.max_tokens, **request.sampling}
+        if request.tools:
+            payload["tools"] = [t.model_dump(mode="json", exclude_none=True)
+                                for t in request.tools]
+        if request.tool_choice is not None:
+            payload["tool_choice"] = (request.tool_choice if isinstance(request.tool_choice, str)
+                                      else request.tool_choice.model_dump(mode="json"))
+        if request.parallel_tool_calls is not None:
+            payload["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.response_format is not None:
+            payload["response_format"] = request.response_format.wire()
+        return payload
+
+    async def complete(self, request: ChatRequest) -> Completion:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
-        body = await self._post(url, payload, request.model)
+        body = await self._post(url, self.chat_payload(request), request.model)
         try:
             choice = body["choices"][0]
-            content = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
+            message = choice["message"]
+            calls = [ToolCall.model_validate(c) for c in message.get("tool_calls") or ()]
+        except (KeyError, IndexError, TypeError, AttributeError, ValidationError):
             raise ProviderServerError(f"{self.name}: {request.model}: malformed completion",
                                       provider=self.name, model=request.model) from None
-        return Completion(content=content, finish_reason=choice.get("finish_reason"),
-                          usage=_usage(body.get("usage")))
+        content, reason = message.get("content") or "", choice.get("finish_reason")
+        if message.get("refusal"):  # a structured-output refusal: said, not JSON
+            content, reason = str(message["refusal"]), "content_filter"
+        return Completion(content=content, finish_reason=reason,
+                          usage=_usage(body.get("usage")), tool_calls=calls or None)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         payload: dict[str, Any] = {"model": request.wire_model, "input": request.texts}

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-_FLOATS = ("latency_ms", "jitter_ms", "error_rate", "rate_limit_rate")
-_RATES = ("error_rate", "rate_limit_rate")
+_RATES = ("error_rate", "rate_limit_rate", "malformed_rate", "stream_failure_rate")
+_FLOATS = ("latency_ms", "jitter_ms", "first_token_ms", "token_ms", *_RATES)
 _INTS = ("retry_after_s", "seed")
 _INT_MAPS = ("fail_models", "context_limits")
 
@@ -37,6 +37,15 @@ class SimulatorConfig:
     omit_usage: bool = False
     api_key: str | None = None
     seed: int = 0
+    #: Share of JSON answers (structured output, tool-call arguments) made invalid:
+    #: broken JSON and JSON that violates the schema, in turn.
+    malformed_rate: float = 0.0
+    #: Streams: the wait before the first content delta and between deltas (a
+    #: stream's answer has no latency_ms sleep; these stand for it).
+    first_token_ms: float = 0.0
+    token_ms: float = 0.0
+    #: Share of streams that fail after some deltas (an error event mid-stream).
+    stream_failure_rate: float = 0.0
 
     def update(self, **changes: Any) -> None:
         """Set the given fields; any unknown name or bad value raises ValueError."""
@@ -128,26 +137,68 @@ class SimulatorStats:
         }
 
 
+class StreamStats:
+    """What the simulator sent on streams: a client that hangs up shows as `cancelled`."""
+
+    __slots__ = ("cancelled", "completed", "deltas", "failed", "started", "tokens")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = self.completed = self.failed = self.cancelled = 0
+        self.deltas = self.tokens = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in sorted(self.__slots__)}
+
+
 class SimState:
     """What the handlers share: the live config, the counters, the seeded draws."""
 
-    __slots__ = ("_draws", "_jitter", "_seed", "config", "stats")
+    __slots__ = (
+        "_broken_next", "_draws", "_jitter", "_malformed", "_seed", "_streams",
+        "config", "stats", "streams",
+    )
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.stats = SimulatorStats()
+        self.streams = StreamStats()
         self._reseed(config.seed)
 
     def _reseed(self, seed: int) -> None:
         self._seed = seed
         self._draws = random.Random(seed)
-        self._jitter = random.Random(seed + 1)  # jitter never shifts the failure draws
+        # Own sequences, so that turning one knob never shifts the other draws.
+        self._jitter = random.Random(seed + 1)
+        self._malformed = random.Random(seed + 2)
+        self._streams = random.Random(seed + 3)
+        self._broken_next = True
+
+    def _check_seed(self) -> None:
+        if self.config.seed != self._seed:
+            self._reseed(self.config.seed)
 
     def draw(self) -> float:
         """The next failure-injection draw; a new seed restarts the sequence."""
-        if self.config.seed != self._seed:
-            self._reseed(self.config.seed)
+        self._check_seed()
         return self._draws.random()
+
+    def malformed(self) -> str | None:
+        """For one JSON answer: None (valid), or "broken" / "violating", in turn."""
+        self._check_seed()
+        if self._malformed.random() >= self.config.malformed_rate:
+            return None
+        broken, self._broken_next = self._broken_next, not self._broken_next
+        return "broken" if broken else "violating"
+
+    def stream_failure(self, deltas: int) -> int | None:
+        """After how many of a stream's `deltas` it fails (at least one), or None."""
+        self._check_seed()
+        if self._streams.random() >= self.config.stream_failure_rate:
+            return None
+        return self._streams.randint(1, max(1, deltas - 1))
 
     def delay_s(self) -> float:
         jitter = self.config.jitter_ms

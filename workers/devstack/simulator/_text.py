@@ -7,8 +7,10 @@ a pure function of (model, messages) so runs are reproducible.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -20,6 +22,8 @@ TOKENS_PER_PROMPT = 3
 MIN_REPLY_TOKENS = 8
 MAX_REPLY_TOKENS = 60
 _MAX_ECHOED_WORDS = 64
+TOKENS_PER_DELTA = 3  # a streamed delta carries a few tokens, as real ones do
+_PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019"
 
 
 @functools.cache
@@ -147,6 +151,16 @@ def make_reply(
     span = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
     target = MIN_REPLY_TOKENS + _stable_hash(model, messages) % span
     text, count = _natural_reply(model, tuple(_echo_words(messages)), target)
+    return cut_reply(text, count, max_tokens, stop)
+
+
+def cut_reply(
+    text: str, count: int | None = None, max_tokens: int | None = None, stop: Sequence[str] = ()
+) -> Reply:
+    """`text` (of `count` tokens, counted if None) ended at the first stop sequence,
+    then cut to `max_tokens`, as a provider ends any generated text."""
+    if count is None:
+        count = count_tokens(text)
     matched: str | None = None
     hit = _first_stop(text, stop)
     if hit is not None:
@@ -156,3 +170,31 @@ def make_reply(
         text, count = _decode_prefix(encoder().encode_ordinary(text), max_tokens)
         return Reply(text, count, True, None)
     return Reply(text, count, False, matched)
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text` without the punctuation around them, for JSON strings."""
+    words = (w.strip(_PUNCTUATION) for w in text.split())
+    return [w for w in words if w][:_MAX_ECHOED_WORDS]
+
+
+def pieces(text: str, per: int = TOKENS_PER_DELTA) -> list[tuple[str, int]]:
+    """`text` as stream deltas of `per` tokens: (text, tokens) pairs that join to it.
+
+    A character split between tokens goes with the delta that completes it, so
+    every delta is valid UTF-8 and the pieces concatenate to `text` exactly.
+    """
+    tokens = encoder().encode_ordinary(text)
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    out: list[tuple[str, int]] = []
+    carried = 0
+    for start in range(0, len(tokens), per):
+        chunk = tokens[start : start + per]
+        piece = decode(encoder().decode_bytes(chunk), final=start + per >= len(tokens))
+        carried += len(chunk)
+        if piece:
+            out.append((piece, carried))
+            carried = 0
+    if carried and out:
+        out[-1] = (out[-1][0], out[-1][1] + carried)
+    return out
