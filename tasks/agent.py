@@ -7,16 +7,38 @@ agent keeps only its name, its default tier and a tally of what its calls cost.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import CompletionResult, FleetError
+from schemas import CompletionResult, FleetError, MaxStepsExceededError
 from tasks.client import FleetClient
 from tasks.retriever import ContextRetriever
+from tasks.tools import ToolBox, ToolLike, ToolOutcome
 
-__all__ = ["AgentStats", "FleetAgent"]
+__all__ = ["AgentRun", "AgentStats", "AgentStep", "FleetAgent"]
+
+
+@dataclass(frozen=True)
+class AgentStep:
+    """One turn of a tool loop: the model's answer and the tool calls it asked for."""
+
+    index: int
+    result: CompletionResult
+    outcomes: list[ToolOutcome]
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """A tool loop's end: the final answer, every step before it, what it all cost."""
+
+    answer: str
+    result: CompletionResult
+    steps: list[AgentStep]
+    cost_usd: float
+    messages: list[dict[str, Any]]
 
 
 @dataclass
@@ -105,6 +127,43 @@ class FleetAgent:
                                              **self._options(options))
         self._tally(result)
         return result
+
+    def run(self, task: str | Sequence[Mapping[str, Any]], *, tools: Sequence[ToolLike],
+            max_steps: int = 8, system: str | None = None, timeout: float = 60,
+            on_step: Callable[[AgentStep], None] | None = None, **options: Any) -> AgentRun:
+        """``arun`` for code without an event loop of its own."""
+        return asyncio.run(self.arun(task, tools=tools, max_steps=max_steps, system=system,
+                                     timeout=timeout, on_step=on_step, **options))
+
+    async def arun(self, task: str | Sequence[Mapping[str, Any]], *,
+                   tools: Sequence[ToolLike], max_steps: int = 8, system: str | None = None,
+                   timeout: float = 60, on_step: Callable[[AgentStep], None] | None = None,
+                   **options: Any) -> AgentRun:
+        """A tool loop through the fleet: send the conversation with the tools (plain
+        Python functions, sync or async, are tools: their schema comes from their type
+        hints and docstring), run the calls the model asks for (several at once when it
+        asks for several), feed their results back, until the model answers in text.
+        A tool that raises is reported to the model as that tool's result. After
+        ``max_steps`` answers that still ask for tools: MaxStepsExceededError."""
+        box = ToolBox(tools)
+        messages = [dict(m) for m in self._messages(task, system) or ()]
+        steps: list[AgentStep] = []
+        cost = 0.0
+        for index in range(1, max_steps + 1):
+            result = await self.acall_llm(messages, timeout=timeout, tools=box.specs,
+                                          **options)
+            cost += result.cost_usd
+            if not result.tool_calls:
+                return AgentRun(answer=result.content, result=result, steps=steps,
+                                cost_usd=round(cost, 10), messages=messages)
+            outcomes = await box.run(result.tool_calls)
+            steps.append(AgentStep(index, result, outcomes))
+            if on_step is not None:
+                on_step(steps[-1])
+            messages += [result.message(), *(o.message() for o in outcomes)]
+        raise MaxStepsExceededError(
+            f"agent {self.name!r}: no answer after {max_steps} steps (the model still asks "
+            "for tools)", steps=max_steps, cost_usd=round(cost, 10))
 
     def _tally(self, result: CompletionResult) -> None:
         with self._lock:

@@ -22,12 +22,9 @@ from schemas import (
     CompletionResult,
     EmbeddingJob,
     FleetConfig,
-    FleetError,
     FleetUnavailableError,
     JobValidationError,
     Settings,
-    decode_batch,
-    decode_outcome,
     load_config,
     masked_url,
     validation_error,
@@ -37,6 +34,7 @@ from tasks._discovery import find_redis_url
 from tasks._results import ResultWaiter
 from tasks.celery_config import celery_settings
 from tasks.experiments import Experiments
+from tasks.handles import BatchHandle, JobHandle
 from tasks.names import (
     ADMIN_QUEUE,
     AGENT_STATS,
@@ -48,66 +46,13 @@ from tasks.names import (
     queue_for,
 )
 from tasks.templates import Templates, admin_call
+from tasks.tools import as_tool, response_format_for
 
 __all__ = ["BatchHandle", "FleetClient", "JobHandle"]
 
 #: Jobs per batch message: large enough to amortise a message, small enough that one
 #: worker's share of a big batch does not wait on another's.
 BATCH_SIZE = 32
-
-
-class JobHandle:
-    """A submitted job. ``get`` blocks for the result; ``wait`` is its coroutine twin.
-    A job answered from the cache at submit carries its ``result`` already."""
-
-    def __init__(self, client: FleetClient, job_id: str,
-                 result: CompletionResult | None = None) -> None:
-        self._client = client
-        self.job_id = job_id
-        self._result = result
-
-    def get(self, timeout: float | None = 60) -> Any:
-        """The job's result; raises the job's error from ``schemas.errors``."""
-        if self._result is not None:
-            return self._result
-        return decode_outcome(self._client._waiter.wait(self.job_id, timeout))
-
-    async def wait(self, timeout: float | None = 60) -> Any:
-        if self._result is not None:
-            return self._result
-        return decode_outcome(await self._client._waiter.await_(self.job_id, timeout))
-
-    def __repr__(self) -> str:
-        return f"<JobHandle {self.job_id}>"
-
-
-class BatchHandle:
-    """Jobs submitted together; ``get`` returns their results in submission order."""
-
-    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int,
-                 hits: dict[int, CompletionResult] | None = None):
-        self._client = client
-        self._parts = parts  # (message id, positions of its jobs in the batch)
-        self._size = size
-        self._hits = hits or {}  # answered by the cache at submit, by position
-
-    def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
-        """Results in order. The first failed job raises its error, unless
-        ``return_exceptions``, which puts each error in its job's place."""
-        results: list[Any] = [None] * self._size
-        for position, hit in self._hits.items():
-            results[position] = hit
-        for message_id, positions in self._parts:
-            outcome = self._client._waiter.wait(message_id, timeout)
-            envelopes = decode_batch(outcome, len(positions))
-            for position, envelope in zip(positions, envelopes, strict=True):
-                try:
-                    results[position] = decode_outcome(envelope)
-                except FleetError as exc:
-                    if not return_exceptions:
-                        raise
-                    results[position] = exc
-        return results
 
 
 class FleetClient:
@@ -145,6 +90,11 @@ class FleetClient:
         messages, options = self.templates.expand(messages, options)
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
         data["messages"] = messages
+        if data.get("tools") is not None:  # functions, Tool objects or OpenAI's dicts
+            data["tools"] = [as_tool(tool) for tool in data["tools"]]
+        model = data.pop("response_model", None)
+        if model is not None:
+            data["response_format"] = response_format_for(model)
         try:
             job = CompletionJob.model_validate(data)
         except ValidationError as exc:
@@ -176,17 +126,21 @@ class FleetClient:
     def submit(self, messages: Sequence[Mapping[str, Any]] | None = None, **options: Any
                ) -> JobHandle:
         """Enqueue one completion job on its tier's queue. Keywords are CompletionJob's
-        fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout...
+        fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout,
+        tools (Python functions, ``Tool``s or OpenAI's dicts), tool_choice,
+        parallel_tool_calls, response_format; or ``response_model=SomePydanticModel``,
+        whose schema the answer must follow (``result.parsed`` is then an instance).
         Or ``template=NAME, variables={...}, version=None`` instead of messages (rendered
         here, so its errors raise at submit), and ``experiment=NAME`` to let the
         experiment's sticky variant choose the template, version, model or tier."""
         job = self._completion(messages, options)
         assert job.tier is not None
+        model = options.get("response_model")
         hit = self._cache.lookup(job)
         if hit is not None:
-            return JobHandle(self, job.job_id, hit)
+            return JobHandle(self, job.job_id, hit, model)
         self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier), job.job_id)
-        return JobHandle(self, job.job_id)
+        return JobHandle(self, job.job_id, response_model=model)
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
         """Enqueue many completion jobs, batched per tier (each item takes submit's
@@ -234,12 +188,13 @@ class FleetClient:
         else:
             job = self._completion(messages, options)
         assert job.tier is not None
+        model = options.get("response_model")
         hit = await asyncio.to_thread(self._cache.lookup, job)
         if hit is not None:
-            return JobHandle(self, job.job_id, hit)
+            return JobHandle(self, job.job_id, hit, model)
         await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
                                 queue_for(job.tier), job.job_id)
-        return JobHandle(self, job.job_id)
+        return JobHandle(self, job.job_id, response_model=model)
 
     async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:

@@ -1,8 +1,10 @@
 """The OpenAI wire format, as far as the fleet serves it: request and response models.
 
 Requests forbid unknown fields, so a parameter the fleet does not support is refused
-with a 400 naming it rather than silently dropped (an agent that sets ``tools`` must not
-believe tools were offered). The served OpenAPI schema comes from these classes.
+with a 400 naming it rather than silently dropped (an agent that sets ``logprobs`` must
+not believe it will get them). Messages, tools, tool choice and response formats are the
+fleet's own shapes (``schemas.chat``), which are OpenAI's. The served OpenAPI schema
+comes from these classes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas import MAX_EMBED_TEXTS
+from schemas import MAX_EMBED_TEXTS, Message, ResponseFormat, Tool, ToolCall, ToolChoice
 
-__all__ = ["ChatChoice", "ChatCompletionRequest", "ChatCompletionResponse", "ChatMessage",
-           "CompletionUsage", "EmbeddingData", "EmbeddingRequest", "EmbeddingResponse",
-           "EmbeddingUsage", "ModelCard", "ModelList", "ResponseMessage", "TextBlock"]
+__all__ = ["ChatChoice", "ChatCompletionRequest", "ChatCompletionResponse", "CompletionUsage",
+           "EmbeddingData", "EmbeddingRequest", "EmbeddingResponse", "EmbeddingUsage",
+           "ModelCard", "ModelList", "ResponseMessage"]
 
 _NAME = Field(min_length=1, max_length=200)
 
@@ -24,25 +26,18 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextBlock(_Request):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Request):
-    """A chat message; "developer" is taken as "system"."""
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextBlock]
-    name: str | None = Field(default=None, max_length=200)
-
-
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. ``model``: a tier (``simple`` or ``tier/simple``)
     or a model of the fleet file."""
 
     model: str = _NAME
-    messages: list[ChatMessage] = Field(min_length=1)
+    #: OpenAI's chat messages, whole: roles system, developer, user, assistant, tool;
+    #: content parts (text, image_url); assistant tool_calls; tool_call_id.
+    messages: list[Message] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=200_000)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=200_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -82,7 +77,9 @@ class ChatCompletionRequest(_Request):
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
 
 
 class ChatChoice(BaseModel):

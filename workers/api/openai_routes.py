@@ -112,7 +112,8 @@ def _job_options(body: ChatCompletionRequest) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_tokens": body.max_completion_tokens or body.max_tokens, "stop": stop,
         **{n: getattr(body, n) for n in ("temperature", "top_p", "presence_penalty",
-                                         "frequency_penalty", "seed")}}
+                                         "frequency_penalty", "seed", "tools", "tool_choice",
+                                         "parallel_tool_calls", "response_format")}}
     if body.user:
         # OpenAI's end-user id; the key's user is what budgets see. NULs cannot be stored.
         options["metadata"] = {"openai_user": body.user.replace("\x00", "")}
@@ -166,8 +167,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=False)
     seconds = _timeout(timeout, state.default_timeout_s)
-    messages = [{**m.model_dump(exclude_none=True),
-                 "role": "system" if m.role == "developer" else m.role} for m in body.messages]
+    messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
 
     async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
         return await state.client.asubmit(
@@ -179,9 +179,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
         idempotency_key, retry_count, submit)
     _fleet_headers(response, result)
     usage = result.usage
+    message = ResponseMessage(content=None if result.tool_calls and not result.content
+                              else result.content, tool_calls=result.tool_calls)
     return ChatCompletionResponse(
         id=f"chatcmpl-{result.job_id}", created=int(time.time()), model=result.model,
-        choices=[ChatChoice(index=0, message=ResponseMessage(content=result.content),
+        choices=[ChatChoice(index=0, message=message,
                             finish_reason=result.finish_reason or "stop")],
         usage=CompletionUsage(prompt_tokens=usage.prompt_tokens,
                               completion_tokens=usage.completion_tokens,

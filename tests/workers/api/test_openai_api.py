@@ -77,7 +77,11 @@ def test_models_lists_tiers_and_models(client: OpenAI) -> None:
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+     "tools.0.function.name"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"messages": [{"role": "tool", "tool_call_id": "c1", "content": "4"}]},
+     "messages.0.tool_call_id"),
     ({"stream": True}, "stream"),
     ({"n": 2}, "n"),
     ({"temperature": 3}, "temperature"),

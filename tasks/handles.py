@@ -1,0 +1,98 @@
+"""Handles of submitted jobs: wait for one result, or a batch's in order.
+
+A handle turns the job's JSON envelope back into its result, or raises its error from
+``schemas.errors``; a job that asked for a pydantic ``response_model`` gets its ``parsed``
+answer as an instance of it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from schemas import (
+    CompletionResult,
+    FleetError,
+    OutputValidationError,
+    decode_batch,
+    decode_outcome,
+)
+
+if TYPE_CHECKING:
+    from tasks.client import FleetClient
+
+__all__ = ["BatchHandle", "JobHandle"]
+
+
+class JobHandle:
+    """A submitted job. ``get`` blocks for the result; ``wait`` is its coroutine twin.
+    A job answered from the cache at submit carries its ``result`` already."""
+
+    def __init__(self, client: FleetClient, job_id: str,
+                 result: CompletionResult | None = None,
+                 response_model: type[BaseModel] | None = None) -> None:
+        self._client = client
+        self.job_id = job_id
+        self._result = result
+        self._model = response_model
+
+    def get(self, timeout: float | None = 60) -> Any:
+        """The job's result; raises the job's error from ``schemas.errors``."""
+        if self._result is not None:
+            return as_model(self._result, self._model)
+        return as_model(decode_outcome(self._client._waiter.wait(self.job_id, timeout)),
+                        self._model)
+
+    async def wait(self, timeout: float | None = 60) -> Any:
+        if self._result is not None:
+            return as_model(self._result, self._model)
+        return as_model(decode_outcome(await self._client._waiter.await_(self.job_id, timeout)),
+                        self._model)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job_id}>"
+
+
+class BatchHandle:
+    """Jobs submitted together; ``get`` returns their results in submission order."""
+
+    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int,
+                 hits: dict[int, CompletionResult] | None = None):
+        self._client = client
+        self._parts = parts  # (message id, positions of its jobs in the batch)
+        self._size = size
+        self._hits = hits or {}  # answered by the cache at submit, by position
+
+    def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
+        """Results in order. The first failed job raises its error, unless
+        ``return_exceptions``, which puts each error in its job's place."""
+        results: list[Any] = [None] * self._size
+        for position, hit in self._hits.items():
+            results[position] = hit
+        for message_id, positions in self._parts:
+            outcome = self._client._waiter.wait(message_id, timeout)
+            envelopes = decode_batch(outcome, len(positions))
+            for position, envelope in zip(positions, envelopes, strict=True):
+                try:
+                    results[position] = decode_outcome(envelope)
+                except FleetError as exc:
+                    if not return_exceptions:
+                        raise
+                    results[position] = exc
+        return results
+
+
+def as_model(result: Any, model: type[BaseModel] | None) -> Any:
+    """``result`` with its parsed answer as an instance of ``model`` (when one was asked
+    for): the worker checked the JSON against the model's schema already, so this only
+    builds the object; a model whose own validators refuse it raises
+    OutputValidationError."""
+    if model is None or not isinstance(result, CompletionResult) or result.parsed is None:
+        return result
+    try:
+        return result.model_copy(update={"parsed": model.model_validate(result.parsed)})
+    except ValidationError as exc:
+        raise OutputValidationError(
+            f"the answer is not a valid {model.__name__}: {exc.errors()[0]['msg']}",
+            model=result.model, provider=result.provider, detail=str(exc)[:500]) from None
