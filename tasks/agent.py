@@ -71,8 +71,9 @@ class FleetAgent:
     system_prompt: str | None = None
 
     def __init__(self, client: FleetClient | None = None, *, name: str | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, tier: str | None = None) -> None:
         self.name = name or self.name
+        self.tier = tier or self.tier
         self.user = user
         self.client = client or FleetClient(agent=self.name)
         self._stats = AgentStats()

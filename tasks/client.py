@@ -86,6 +86,8 @@ class FleetClient:
     # -- building jobs -----------------------------------------------------
 
     def _completion(self, messages: Any, options: Mapping[str, Any]) -> CompletionJob:
+        if isinstance(messages, str):  # a prompt: one user message
+            messages = [{"role": "user", "content": messages}]
         messages, options = self.experiments.expand(messages, options, self.agent)
         messages, options = self.templates.expand(messages, options)
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
