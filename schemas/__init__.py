@@ -16,6 +16,8 @@ from schemas.outcome import *  # noqa: F403
 from schemas.outcome import __all__ as _outcome_all
 from schemas.settings import *  # noqa: F403
 from schemas.settings import __all__ as _settings_all
+from schemas.streaming import *  # noqa: F403
+from schemas.streaming import __all__ as _streaming_all
 
 __all__ = [*_chat_all, *_config_all, *_durations_all, *_errors_all, *_jobs_all, *_ledger_all,
-           *_outcome_all, *_settings_all]
+           *_outcome_all, *_settings_all, *_streaming_all]

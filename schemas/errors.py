@@ -11,6 +11,7 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   ├── UnknownModelError
     │   └── RequestTooLargeError
     ├── JobTimeoutError                no result within the caller's timeout
+    ├── JobCancelledError              an agent cancelled the job
     ├── FleetUnavailableError          the broker or result backend cannot be reached
     ├── ClientClosedError              the client was closed while a wait was in flight
     ├── ProviderError                  one provider call failed
@@ -24,7 +25,8 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   ├── ModelNotFoundError         the provider does not know the model
     │   ├── ProviderAuthError          401/403: a key is missing or wrong
     │   ├── ProviderBadRequestError    other 4xx: the request itself is wrong
-    │   └── OutputValidationError      the answer is not the JSON the job asked for
+    │   ├── OutputValidationError      the answer is not the JSON the job asked for
+    │   └── StreamInterruptedError     the provider failed after its stream began
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
     ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
     ├── WorkerError                    a worker failed in a way none of the above names
@@ -50,14 +52,15 @@ from typing import Any, ClassVar
 __all__ = [
     "AgentRunError", "AllModelsFailedError", "BudgetExceededError", "ClientClosedError",
     "ConfigError", "ContextLengthError", "ExperimentError", "ExperimentNotFoundError",
-    "FleetError", "FleetUnavailableError", "JobTimeoutError", "JobValidationError",
-    "MaxStepsExceededError", "ModelNotFoundError", "OutputValidationError",
-    "PgvectorMissingError", "ProviderAuthError", "ProviderBadRequestError",
-    "ProviderConnectionError", "ProviderError", "ProviderOverloadedError",
-    "ProviderServerError", "ProviderTimeoutError", "RateLimitError", "RequestTooLargeError",
-    "RetryableProviderError", "TemplateError", "TemplateNotFoundError", "TemplateRenderError",
-    "UnknownJobError", "UnknownModelError", "UnknownTierError", "VectorDimensionError",
-    "VectorStoreError", "WorkerError",
+    "FleetError", "FleetUnavailableError", "JobCancelledError", "JobTimeoutError",
+    "JobValidationError", "MaxStepsExceededError", "ModelNotFoundError",
+    "OutputValidationError", "PgvectorMissingError", "ProviderAuthError",
+    "ProviderBadRequestError", "ProviderConnectionError", "ProviderError",
+    "ProviderOverloadedError", "ProviderServerError", "ProviderTimeoutError", "RateLimitError",
+    "RequestTooLargeError", "RetryableProviderError", "StreamInterruptedError",
+    "TemplateError", "TemplateNotFoundError", "TemplateRenderError", "UnknownJobError",
+    "UnknownModelError", "UnknownTierError", "VectorDimensionError", "VectorStoreError",
+    "WorkerError",
 ]
 
 _REGISTRY: dict[str, type[FleetError]] = {}
@@ -135,6 +138,14 @@ class JobTimeoutError(FleetError):
     field_names: ClassVar[tuple[str, ...]] = ("job_id", "timeout")
     job_id: str | None
     timeout: float | None
+
+
+class JobCancelledError(FleetError):
+    """An agent cancelled the job (``handle.cancel()``, a closed stream): refused before
+    it started, or stopped in flight; what it had produced is billed."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("job_id",)
+    job_id: str | None
 
 
 class FleetUnavailableError(FleetError):
@@ -217,6 +228,11 @@ class OutputValidationError(ProviderError):
     field_names: ClassVar[tuple[str, ...]] = ("detail",)
     detail: str | None
     fallback = True
+
+
+class StreamInterruptedError(ProviderError):
+    """The provider failed after its stream began: what it wrote went out already, so
+    neither a retry nor another model can take over; what it wrote is billed."""
 
 
 class AllModelsFailedError(FleetError):

@@ -72,6 +72,8 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     #: Refused before any provider call (validation, budget).
     REJECTED = "rejected"
+    #: Cancelled by an agent, before it started or in flight.
+    CANCELLED = "cancelled"
 
 
 class _Strict(BaseModel):
@@ -128,6 +130,9 @@ class CompletionJob(_JobBase):
     response_format: ResponseFormat | None = None
     #: May the job move to the next model of its tier's chain when one fails?
     fallback: bool = True
+    #: Write the answer as it comes, chunk by chunk, to the job's stream
+    #: (``client.stream``); the job's result is the same either way.
+    stream: bool = False
     #: The response cache. None: use it within the fleet's temperature bound
     #: (``[cache].max_temperature``); "use": read and write it whatever the temperature;
     #: "refresh": do not read it, store the new answer; "skip": neither read nor write.

@@ -21,6 +21,7 @@ __all__ = [
     "CACHE_LRU",
     "CACHE_SEMANTIC",
     "CACHE_WAKE",
+    "CANCEL",
     "DASHBOARD_LOGGED_OUT",
     "IDEMPOTENCY",
     "JOB_CLAIM",
@@ -31,6 +32,7 @@ __all__ = [
     "LEDGER_SPOOL",
     "PREFIX",
     "REQUEST_ATTEMPT",
+    "STREAM",
 ]
 
 #: Every key of ours starts here, apart from Celery's own (``celery-task-meta-*``).
@@ -66,6 +68,12 @@ IDEMPOTENCY = PREFIX + "idempotency:{key_id}:{key}"
 #: The job an SDK's first attempt at a request started (``body`` is the body's sha256),
 #: so that its automatic retries attach to it; expires with the job's lifetime.
 REQUEST_ATTEMPT = PREFIX + "request:{key_id}:{body}"
+#: A streamed job's chunks (``schemas.streaming.StreamChunk`` JSON under field ``c``), a
+#: Redis Stream bounded in length; expires 10 minutes after its last chunk.
+STREAM = PREFIX + "stream:{job_id}"
+#: Set by an agent that cancels a job; the job's worker refuses it before it starts, or
+#: stops it in flight within a second. Expires after an hour.
+CANCEL = PREFIX + "cancel:{job_id}"
 #: Held (a token) by the delivery of a job that is running it, renewed while it runs;
 #: expires 15 s after its worker stops renewing it, so a second delivery waits for the
 #: first's outcome and takes over only from a dead worker.

@@ -64,6 +64,8 @@ class LedgerRow(BaseModel):
     #: What a cache hit would have cost at the answering model's prices.
     cost_saved_usd: float = 0.0
     latency_ms: float = 0.0
+    #: A streamed job's time to its first chunk, from its submission.
+    ttft_ms: float | None = None
     #: The error's class name, for failed and rejected jobs.
     error: str | None = None
     error_message: str | None = None
@@ -102,6 +104,9 @@ class LedgerRow(BaseModel):
 
 
 def status_for_error(error: FleetError) -> JobStatus:
-    """Refused before any provider call: rejected; otherwise failed."""
+    """Refused before any provider call: rejected; cancelled by an agent: cancelled;
+    otherwise failed."""
     names = {klass.__name__ for klass in type(error).__mro__}
+    if "JobCancelledError" in names:
+        return JobStatus.CANCELLED
     return JobStatus.REJECTED if names & set(_REJECTIONS) else JobStatus.FAILED

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["budget_alerts", "experiment_outcomes", "experiments", "fleet_keys", "job_ledger",
-           "metadata", "metric_counters", "metric_latency", "metrics_rollup",
+           "metadata", "metric_counters", "metric_latency", "metric_ttft", "metrics_rollup",
            "prompt_templates", "rollup_watermark"]
 
 metadata = MetaData()
@@ -51,6 +51,8 @@ job_ledger = Table(
     Column("cost_usd", Money, nullable=False, default=0),
     Column("cost_saved_usd", Money, nullable=False, default=0),
     Column("latency_ms", Float, nullable=False, default=0),
+    #: A streamed job's time to its first chunk; NULL for the others.
+    Column("ttft_ms", Float),
     Column("error", String(100)),
     Column("error_message", Text),
     Column("metadata", JSONB, nullable=False, default=dict),
@@ -135,6 +137,15 @@ metric_counters = Table(
 #: job adds to one row, and /metrics makes the cumulative counts when scraped.
 metric_latency = Table(
     "metric_latency", metadata,
+    Column("tier", String(40), primary_key=True),
+    Column("le", Float, primary_key=True),
+    Column("jobs", BigInteger, nullable=False),
+    Column("sum_ms", Float, nullable=False),
+)
+
+#: The time-to-first-token histogram of streamed jobs, by tier (as ``metric_latency``).
+metric_ttft = Table(
+    "metric_ttft", metadata,
     Column("tier", String(40), primary_key=True),
     Column("le", Float, primary_key=True),
     Column("jobs", BigInteger, nullable=False),

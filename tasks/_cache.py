@@ -15,7 +15,15 @@ import logging
 import redis
 from redis.exceptions import RedisError
 
-from schemas import CompletionJob, CompletionResult, FleetConfig, JobStatus, LedgerRow, Settings
+from schemas import (
+    CompletionJob,
+    CompletionResult,
+    FleetConfig,
+    FleetUnavailableError,
+    JobStatus,
+    LedgerRow,
+    Settings,
+)
 from schemas.cache_key import (
     LOOKUP_LUA,
     CachedAnswer,
@@ -25,11 +33,13 @@ from schemas.cache_key import (
     effective_max_tokens,
 )
 from schemas.evaluators import auto_outcome
-from schemas.keys import CACHE_ENTRY, CACHE_LRU, LEDGER_SPOOL
+from schemas.keys import CACHE_ENTRY, CACHE_LRU, CANCEL, LEDGER_SPOOL
 
 __all__ = ["CacheShortCircuit"]
 
 log = logging.getLogger(__name__)
+#: How long a cancel key stays (longer than any job waits in a queue).
+CANCEL_TTL_S = 3600
 
 
 class CacheShortCircuit:
@@ -103,6 +113,15 @@ class CacheShortCircuit:
             usage_estimated=usage.estimated, cost_usd=0.0, cost_saved_usd=saved,
             latency_ms=result.latency_ms,
             outcome=auto_outcome(job.metadata, result.content)).model_dump_json()
+
+    def cancel(self, job_id: str) -> None:
+        """Set the job's cancel key (its worker looks for it; ``workers.pipeline.cancel``).
+        Here because this is the client's one synchronous Redis connection."""
+        try:
+            self._redis.set(CANCEL.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
+        except RedisError as exc:
+            raise FleetUnavailableError(f"cannot cancel job {job_id}: Redis does not answer "
+                                        f"({type(exc).__name__})") from None
 
     def close(self) -> None:
         self._redis.close()

@@ -20,13 +20,21 @@ import concurrent.futures
 import contextlib
 import json
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas import ClientClosedError, FleetUnavailableError, JobTimeoutError, WorkerError
+from schemas import (
+    ClientClosedError,
+    FleetUnavailableError,
+    JobTimeoutError,
+    StreamChunk,
+    WorkerError,
+)
 from tasks._pubsub import Channels, Watch
+from tasks._streams import read_chunks, stream_pool
 
 __all__ = ["ResultWaiter"]
 
@@ -76,6 +84,7 @@ class ResultWaiter:
         self._thread.start()
         self._redis: aioredis.Redis | None = None
         self._channels: Channels | None = None
+        self._streams: aioredis.Redis | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._in_flight: set[concurrent.futures.Future[dict[str, Any]]] = set()
@@ -109,6 +118,18 @@ class ResultWaiter:
             future.cancel()  # the caller itself was cancelled: stop waiting for it
             raise
 
+    def chunks(self, job_id: str, timeout: float | None, after: int = -1
+               ) -> AsyncIterator[StreamChunk]:
+        """A streamed job's chunks (``tasks._streams.read_chunks``), to be iterated on
+        this waiter's loop."""
+        if self._streams is None:
+            self._streams = stream_pool(self._url)
+        return read_chunks(self._streams, job_id, timeout, after)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def close(self) -> None:
         """End every wait in flight (ClientClosedError), then the connections and the
         loop thread. Safe to call twice."""
@@ -132,10 +153,11 @@ class ResultWaiter:
                 task.cancel()
         if self._channels is not None:
             await self._channels.close()
-        if self._redis is not None:
-            await self._redis.aclose()
-            # A pool handed to Redis() is not closed with it.
-            await self._redis.connection_pool.disconnect()
+        for client in (self._redis, self._streams):
+            if client is not None:
+                await client.aclose()
+                # A pool handed to Redis() is not closed with it.
+                await client.connection_pool.disconnect()
 
     async def _wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         key = META_KEY.format(job_id)

@@ -32,6 +32,7 @@ from schemas import (
 from tasks._cache import CacheShortCircuit
 from tasks._discovery import find_redis_url
 from tasks._results import ResultWaiter
+from tasks._streams import ChunkStream
 from tasks.celery_config import celery_settings
 from tasks.experiments import Experiments
 from tasks.handles import BatchHandle, JobHandle
@@ -125,7 +126,7 @@ class FleetClient:
 
     # -- the agent API -----------------------------------------------------
 
-    def submit(self, messages: Sequence[Mapping[str, Any]] | None = None, **options: Any
+    def submit(self, messages: Sequence[Mapping[str, Any]] | str | None = None, **options: Any
                ) -> JobHandle:
         """Enqueue one completion job on its tier's queue. Keywords are CompletionJob's
         fields: tier or model, max_tokens, temperature, agent, user, metadata, timeout,
@@ -173,13 +174,13 @@ class FleetClient:
                 parts.append((message_id, chunk))
         return BatchHandle(self, parts, len(built), hits)
 
-    def complete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
+    def complete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
                  timeout: float = 60, **options: Any) -> CompletionResult:
         """Submit and wait: the result of one completion job (``submit``'s arguments)."""
         result: CompletionResult = self.submit(messages, timeout=timeout, **options).get(timeout)
         return result
 
-    async def asubmit(self, messages: Sequence[Mapping[str, Any]] | None = None,
+    async def asubmit(self, messages: Sequence[Mapping[str, Any]] | str | None = None,
                       **options: Any) -> JobHandle:
         """``submit`` for asyncio: nothing blocks the running loop (a template or an
         experiment is fetched, the cache looked up and the job sent in worker threads).
@@ -198,13 +199,30 @@ class FleetClient:
                                 queue_for(job.tier), job.job_id)
         return JobHandle(self, job.job_id, response_model=model)
 
-    async def acomplete(self, messages: Sequence[Mapping[str, Any]] | None = None, *,
+    async def acomplete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:
         """``complete`` for asyncio: the wait holds no thread, and nothing blocks the
         running loop."""
         handle = await self.asubmit(messages, timeout=timeout, **options)
         result: CompletionResult = await handle.wait(timeout)
         return result
+
+    def stream(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
+               timeout: float = 60, **options: Any) -> ChunkStream:
+        """Submit a completion whose answer is written as it comes, and read it:
+        ``for chunk in client.stream(...)``; ``.result`` at the end is the job's result.
+        Closing the stream early cancels the job."""
+        handle = self.submit(messages, stream=True, timeout=timeout, **options)
+        return handle.stream(timeout)
+
+    async def astream(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
+                      timeout: float = 60, **options: Any) -> ChunkStream:
+        """``stream`` for asyncio: ``async for chunk in await client.astream(...)``."""
+        handle = await self.asubmit(messages, stream=True, timeout=timeout, **options)
+        return handle.stream(timeout)
+
+    def _cancel(self, job_id: str) -> None:
+        self._cache.cancel(job_id)
 
     def embed(self, texts: str | Sequence[str], **options: Any) -> JobHandle:
         """Enqueue an embedding job on ``llm.embeddings``; ``get()`` returns an

@@ -18,6 +18,7 @@ from schemas import (
     decode_batch,
     decode_outcome,
 )
+from tasks._streams import ChunkStream, replayed
 
 if TYPE_CHECKING:
     from tasks.client import FleetClient
@@ -49,6 +50,23 @@ class JobHandle:
             return as_model(self._result, self._model)
         return as_model(decode_outcome(await self._client._waiter.await_(self.job_id, timeout)),
                         self._model)
+
+    def stream(self, timeout: float | None = 60, after: int = -1) -> ChunkStream:
+        """A streamed job's chunks as they are written (a sync and an async iterator),
+        from position ``after``; ``.result`` once it ended. Closing it early cancels the
+        job. ``timeout``: the longest wait for a chunk."""
+        if self._result is not None:  # answered from the cache at submit: replayed
+            result = self._result
+            return ChunkStream(self.job_id, lambda: replayed(result),
+                               self._client._waiter.loop, lambda: None)
+        return ChunkStream(self.job_id,
+                           lambda: self._client._waiter.chunks(self.job_id, timeout, after),
+                           self._client._waiter.loop, self.cancel)
+
+    def cancel(self) -> None:
+        """Cancel the job: refused if it has not started, stopped (within a second) if
+        it has; its waiters get JobCancelledError. A job that finished stays finished."""
+        self._client._cancel(self.job_id)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id}>"

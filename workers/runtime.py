@@ -34,8 +34,10 @@ from workers.caching.embeddings import EmbeddingCacheStep
 from workers.caching.step import CacheStep
 from workers.pipeline.attempts import AttemptRunner
 from workers.pipeline.breaker import Breaker
+from workers.pipeline.cancel import CancelStep
 from workers.pipeline.chain import Pipeline
 from workers.pipeline.steps import Step
+from workers.pipeline.stream_step import StreamStep
 from workers.providers import build_providers
 from workers.store.engines import async_engine
 
@@ -100,6 +102,9 @@ class WorkerRuntime:
         steps: list[Step] = [OnceStep(self.redis)]
         if self.settings.enable_cost_tracking:
             steps.append(LedgerStep(self.redis))
+        # A streamed job's last chunk tells its readers how it ended, cancelled included.
+        steps.append(StreamStep(self.redis))
+        steps.append(CancelStep(self.redis))
         # Caches answer before budgets: a hit spends nothing, so it reserves nothing.
         steps.append(CacheStep(self.redis, self.fleet, self.settings, self._embed))
         steps.append(EmbeddingCacheStep(self.redis, self.settings))

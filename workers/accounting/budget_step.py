@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from schemas import BudgetConfig, BudgetExceededError, CompletionJob
 from workers.accounting.budgets import BudgetLedger, Period, Refusal
+from workers.accounting.ledger import billed
 from workers.pipeline.pricing import worst_case_cost
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 
@@ -63,10 +64,13 @@ class BudgetStep(Step):
             result = await call_next(ctx)
             return result
         finally:
-            await self._settle(charge, budgets, result)
+            await self._settle(ctx, charge, budgets, result)
 
-    async def _settle(self, charge: str, budgets: Budgets, result: Result | None) -> None:
-        cost = 0.0 if result is None else result.cost_usd
+    async def _settle(self, ctx: JobContext, charge: str, budgets: Budgets,
+                      result: Result | None) -> None:
+        # A job without a result pays what it was billed all the same (a stream stopped
+        # part-way, answers it could not use), as its ledger row does.
+        cost = billed(ctx)[1] if result is None else result.cost_usd
         model = None if result is None else result.model
         amounts = [cost if not b.scope.startswith("model:") or b.scope == f"model:{model}"
                    else 0.0 for b, _ in budgets]

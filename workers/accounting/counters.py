@@ -23,7 +23,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from schemas.tables import job_ledger, metric_counters, metric_latency
+from schemas.tables import job_ledger, metric_counters, metric_latency, metric_ttft
 
 __all__ = ["LATENCY_BUCKETS_S", "LEDGER_COLUMNS", "bucket_of", "count_landed", "tally"]
 
@@ -40,7 +40,7 @@ _LATENCY_SUMS = ("jobs", "sum_ms")
 #: What the flusher's insert returns of each row it inserted: what ``tally`` reads.
 LEDGER_COLUMNS = tuple(job_ledger.c[name] for name in (
     "agent", "model", "tier", "status", "prompt_tokens", "completion_tokens",
-    "cached_tokens", "cache_hit", "cost_usd", "cost_saved_usd", "latency_ms"))
+    "cached_tokens", "cache_hit", "cost_usd", "cost_saved_usd", "latency_ms", "ttft_ms"))
 
 
 def bucket_of(latency_ms: float) -> float:
@@ -52,12 +52,16 @@ def _zeros() -> dict[str, Any]:
     return {name: Decimal(0) if name.startswith("cost") else 0 for name in _SUMS}
 
 
+def _histogram() -> dict[tuple[str, float], dict[str, Any]]:
+    return defaultdict(lambda: {"jobs": 0, "sum_ms": 0.0})
+
+
 def tally(rows: Sequence[Mapping[Any, Any]]
-          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(counter rows, latency rows) to add for ``rows``, one per key, in key order."""
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(counter rows, latency rows, time-to-first-token rows) to add for ``rows``, one
+    per key, in key order."""
     sums: dict[tuple[str, ...], dict[str, Any]] = defaultdict(_zeros)
-    latency: dict[tuple[str, float], dict[str, Any]] = defaultdict(
-        lambda: {"jobs": 0, "sum_ms": 0.0})
+    latency, ttft = _histogram(), _histogram()
     for row in rows:
         tier = row["tier"] or ""
         into = sums[(row["agent"], row["model"] or "", tier, str(row["status"]))]
@@ -71,9 +75,17 @@ def tally(rows: Sequence[Mapping[Any, Any]]
             bucket = latency[(tier, bucket_of(row["latency_ms"]))]
             bucket["jobs"] += 1
             bucket["sum_ms"] += float(row["latency_ms"])
+        if row.get("ttft_ms") is not None:
+            bucket = ttft[(tier, bucket_of(row["ttft_ms"]))]
+            bucket["jobs"] += 1
+            bucket["sum_ms"] += float(row["ttft_ms"])
     return ([dict(zip(_KEY, key, strict=True)) | value for key, value in sorted(sums.items())],
-            [dict(zip(_LATENCY_KEY, key, strict=True)) | value
-             for key, value in sorted(latency.items())])
+            _rows(latency), _rows(ttft))
+
+
+def _rows(histogram: dict[tuple[str, float], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(_LATENCY_KEY, key, strict=True)) | value
+            for key, value in sorted(histogram.items())]
 
 
 def _add(table: Table, keys: tuple[str, ...], sums: tuple[str, ...],
@@ -89,8 +101,10 @@ async def count_landed(connection: AsyncConnection,
                        rows: Sequence[Mapping[Any, Any]]) -> None:
     """Add ``rows`` (``LEDGER_COLUMNS`` of ledger rows just inserted on ``connection``,
     in its transaction) to the counters."""
-    counters, latency = tally(rows)
+    counters, latency, ttft = tally(rows)
     if counters:
         await connection.execute(_add(metric_counters, _KEY, _SUMS, counters))
     if latency:
         await connection.execute(_add(metric_latency, _LATENCY_KEY, _LATENCY_SUMS, latency))
+    if ttft:
+        await connection.execute(_add(metric_ttft, _LATENCY_KEY, _LATENCY_SUMS, ttft))

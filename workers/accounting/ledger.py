@@ -13,14 +13,16 @@ from schemas import (
     FleetError,
     JobStatus,
     LedgerRow,
+    Usage,
     status_for_error,
 )
 from schemas.evaluators import auto_outcome
 from workers.accounting.spool import spool_row
+from workers.pipeline.pricing import cost_of
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 from workers.providers import redact
 
-__all__ = ["LedgerStep", "error_row", "rejected_row", "result_row"]
+__all__ = ["LedgerStep", "billed", "error_row", "rejected_row", "result_row"]
 
 
 class LedgerStep(Step):
@@ -53,6 +55,11 @@ def rejected_row(payload: Any, error: FleetError) -> LedgerRow | None:
                      error_message=redact(error.message)[:500], created_at=now, finished_at=now)
 
 
+def _ttft_ms(ctx: JobContext) -> float | None:
+    first = ctx.sink.first_at if ctx.sink is not None else None
+    return None if first is None else round(max(0.0, first - ctx.job.submitted_at) * 1000, 3)
+
+
 def result_row(ctx: JobContext, result: Result) -> LedgerRow:
     usage = result.usage
     return LedgerRow.for_job(
@@ -62,21 +69,38 @@ def result_row(ctx: JobContext, result: Result) -> LedgerRow:
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
         usage_estimated=usage.estimated, cost_usd=result.cost_usd,
         cost_saved_usd=ctx.cost_saved_usd, latency_ms=result.latency_ms,
+        ttft_ms=_ttft_ms(ctx),
         outcome=(auto_outcome(ctx.job.metadata, result.content)
                  if isinstance(result, CompletionResult) else None))
 
 
+def billed(ctx: JobContext) -> tuple[Usage, float]:
+    """What a job that ends without a result was billed all the same: the answers it
+    could not use (not the JSON it asked for), a stream stopped part-way."""
+    usage, cost = Usage(), 0.0
+    for model, spent in ctx.discarded:
+        cost += cost_of(ctx.fleet.models[model], spent)
+        usage = Usage(prompt_tokens=usage.prompt_tokens + spent.prompt_tokens,
+                      completion_tokens=usage.completion_tokens + spent.completion_tokens,
+                      cached_tokens=usage.cached_tokens + spent.cached_tokens,
+                      estimated=usage.estimated or spent.estimated)
+    return usage, round(cost, 10)
+
+
 def error_row(ctx: JobContext, error: Exception) -> LedgerRow:
-    """A failed or rejected job: no answer, so no tokens billed and no cost. An error
-    outside the fleet's tree (a bug of ours) is ``failed`` under its own class name,
-    its message left out (it may quote anything)."""
+    """A failed, rejected or cancelled job: no answer, but what it was billed all the
+    same (``billed``). An error outside the fleet's tree (a bug of ours) is ``failed``
+    under its own class name, its message left out (it may quote anything)."""
     last = ctx.log[-1] if ctx.log else None
     if isinstance(error, FleetError):
         status, message = status_for_error(error), redact(error.message)
     else:
         status, message = JobStatus.FAILED, "unexpected error in the worker"
+    usage, cost = billed(ctx)
     return LedgerRow.for_job(
         ctx.job, tier=ctx.tier, model=last.model if last else None,
         provider=last.provider if last else None, status=status, attempts=len(ctx.log),
         fallback_used=last is not None and last.model != ctx.primary_model,
-        error=type(error).__name__, error_message=message)
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, usage_estimated=usage.estimated, cost_usd=cost,
+        ttft_ms=_ttft_ms(ctx), error=type(error).__name__, error_message=message)

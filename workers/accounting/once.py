@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import FleetError, WorkerError, decode_outcome, encode_error, encode_result
-from schemas.keys import JOB_CLAIM, JOB_DONE, JOB_WAKE
+from schemas.keys import CANCEL, JOB_CLAIM, JOB_DONE, JOB_WAKE
 from tasks._pubsub import Channels
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 
@@ -35,13 +35,15 @@ DONE_TTL_S = 24 * 3600
 LEASE_MS = 15_000
 
 #: The outcome if the job finished; else the claim for the caller unless another holds
-#: it. KEYS: done, claim. ARGV: token, lease ms.
+#: it (and whether an agent cancelled the job meanwhile: it is then refused, not run).
+#: KEYS: done, claim, cancel. ARGV: token, lease ms.
 _ENTER = """
 local done = redis.call('GET', KEYS[1])
 if done then return {'done', done} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'held', holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', ARGV[1]} end
 return {'mine', ARGV[1]}
 """
 #: Renew the lease while its holder is the one asking. KEYS: claim. ARGV: token, ms.
@@ -70,7 +72,8 @@ class OnceStep(Step):
 
     async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
         job_id = ctx.job.job_id
-        keys = [JOB_DONE.format(job_id=job_id), JOB_CLAIM.format(job_id=job_id)]
+        keys = [JOB_DONE.format(job_id=job_id), JOB_CLAIM.format(job_id=job_id),
+                CANCEL.format(job_id=job_id)]
         token = uuid.uuid4().hex
         try:
             kind, value = await self._enter(keys=keys, args=[token, self._lease_ms])
@@ -86,6 +89,7 @@ class OnceStep(Step):
         if kind == b"done":
             log.warning("job %s ran before: answering from its stored outcome", job_id)
             return decode_outcome(json.loads(value))
+        ctx.cancelled = kind == b"cancelled"  # refused further in, with its ledger row
         return await self._run(ctx, call_next, keys, token)
 
     async def _follow(self, job_id: str, keys: list[str], token: str) -> tuple[bytes, Any]:
@@ -130,7 +134,7 @@ class OnceStep(Step):
     async def _store(self, job_id: str, keys: list[str], token: str,
                      outcome: dict[str, Any]) -> None:
         try:
-            await self._leave(keys=keys, args=[token, json.dumps(outcome), DONE_TTL_S,
+            await self._leave(keys=keys[:2], args=[token, json.dumps(outcome), DONE_TTL_S,
                                                JOB_WAKE.format(job_id=job_id)])
         except RedisError:
             log.warning("could not store the outcome of job %s", job_id)

@@ -34,6 +34,7 @@ from workers.pipeline.deadline import Deadline
 from workers.pipeline.output import check_output
 from workers.pipeline.pricing import cost_of, count_tokens, estimate_prompt_tokens
 from workers.pipeline.steps import JobContext, Step, compose
+from workers.pipeline.streams import StreamSink, stream_call
 from workers.providers import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
 
 __all__ = ["Pipeline"]
@@ -112,6 +113,14 @@ class Pipeline:
                 max_tokens=ctx.max_tokens, sampling=job.sampling(), tools=job.tools,
                 tool_choice=job.tool_choice, parallel_tool_calls=job.parallel_tool_calls,
                 response_format=job.response_format)
+            if ctx.sink is not None:  # streamed: checked once, at the end (it went out)
+                completion = await stream_call(provider, request, self.runner, ctx,
+                                               self.fleet.max_retries(ctx.tier))
+                problem, seen["parsed"] = check_output(job, completion)
+                if problem is None:
+                    return completion
+                raise OutputValidationError(f"{model}: the answer is {problem}", model=model,
+                                            provider=provider.name, detail=problem)
             for _ in range(self.fleet.retry.invalid_output_retries + 1):
                 completion = await self.runner.run(
                     lambda: provider.complete(request), model=model, provider=provider.name,
@@ -130,7 +139,8 @@ class Pipeline:
                                         detail=seen["problem"])
 
         try:
-            model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log)
+            model, completion = await self._walk_chain(ctx.chain, ctx.tier, call, ctx.log,
+                                                       ctx.sink)
         except AllModelsFailedError:
             last = ctx.log[-1] if ctx.log else None
             if last is not None and "problem" in seen and \
@@ -206,8 +216,10 @@ class Pipeline:
     # -- the chain ---------------------------------------------------------
 
     async def _walk_chain(self, chain: list[str], tier: str, call: ModelCall[T],
-                          log: list[Attempt]) -> tuple[str, T]:
-        """The first model of ``chain`` that answers, and its answer."""
+                          log: list[Attempt], sink: StreamSink | None = None
+                          ) -> tuple[str, T]:
+        """The first model of ``chain`` that answers, and its answer. Once a streamed
+        answer has begun (chunks went out), no other model takes over."""
         errors: list[str] = []
         for model in chain:
             provider = self.providers[self.fleet.models[model].provider]
@@ -217,7 +229,7 @@ class Pipeline:
             try:
                 return model, await call(model, provider)
             except ProviderError as exc:
-                if not exc.fallback:
+                if not exc.fallback or (sink is not None and sink.written):
                     raise
                 errors.append(f"{model}: {type(exc).__name__}")
         raise AllModelsFailedError(

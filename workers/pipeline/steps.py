@@ -27,6 +27,7 @@ from schemas import (
     Usage,
 )
 from workers.pipeline.deadline import Deadline
+from workers.pipeline.streams import StreamSink
 
 __all__ = ["Handler", "JobContext", "Result", "Step", "compose"]
 
@@ -60,6 +61,10 @@ class JobContext:
     #: Answers a provider billed that the job could not use (not the JSON it asked for),
     #: by model: the job pays for them too. Shared, like ``log``.
     discarded: list[tuple[str, Usage]] = field(default_factory=list)
+    #: A streamed job's writer (``StreamStep`` sets it): the chain writes deltas to it.
+    sink: StreamSink | None = None
+    #: An agent cancelled the job before it started (seen by ``OnceStep``).
+    cancelled: bool = False
 
     def __post_init__(self) -> None:
         if not self.primary_model and self.chain:

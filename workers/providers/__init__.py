@@ -17,14 +17,17 @@ from workers.providers.base import (
 )
 from workers.providers.errors import error_for_status, redact
 from workers.providers.openai import OpenAIProvider
+from workers.providers.streaming import Delta, ToolCallDelta
 
 __all__ = [
     "PROVIDER_KINDS",
     "ChatRequest",
     "Completion",
+    "Delta",
     "EmbedRequest",
     "Embeddings",
     "Provider",
+    "ToolCallDelta",
     "build_providers",
     "error_for_status",
     "missing_keys",

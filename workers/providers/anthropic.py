@@ -4,6 +4,7 @@ reads counted apart in usage, ``stop_reason`` in OpenAI's words."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from schemas import FunctionCall, ProviderBadRequestError, ProviderServerError, ToolCall, Usage
@@ -15,6 +16,7 @@ from workers.providers.anthropic_wire import (
     wire_tools,
 )
 from workers.providers.base import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
+from workers.providers.streaming import Delta, anthropic_deltas
 
 __all__ = ["AnthropicProvider"]
 
@@ -96,6 +98,15 @@ class AnthropicProvider(Provider):
         reason = body.get("stop_reason")
         return Completion(content="".join(texts), finish_reason=_STOP_REASONS.get(reason, reason),
                           usage=_usage(body.get("usage")), tool_calls=calls or None)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        payload, format_name, _ = self.chat_payload(request)
+        url = self.config.base_url.rstrip("/") + "/v1/messages"
+        async with self._open_stream(url, {**payload, "stream": True},
+                                     request.model) as response:
+            async for delta in anthropic_deltas(response, self.name, request.model,
+                                                format_name):
+                yield delta
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         raise ProviderBadRequestError(f"{self.name}: the Messages API serves no embeddings",

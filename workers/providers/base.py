@@ -9,7 +9,9 @@ Retries and fallback are not a provider's business: the pipeline does them.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,6 +31,7 @@ from schemas import (
     Usage,
 )
 from workers.providers.errors import body_text, error_for_status, parse_retry_after, redact
+from workers.providers.streaming import Delta
 
 __all__ = [
     "ChatRequest",
@@ -107,6 +110,35 @@ class Provider(ABC):
 
     @abstractmethod
     async def embed(self, request: EmbedRequest) -> Embeddings: ...
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        """The answer as it is written: deltas, the last with the finish reason (and
+        the usage, when the provider says it). Errors before the first delta are the
+        same as ``complete``'s; after it, a ProviderError ends the stream."""
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, url: str, payload: dict[str, Any], model: str
+                           ) -> AsyncIterator[httpx.Response]:
+        """POST JSON for a streamed answer: the open response, or the mapped error. A
+        transport failure while the caller reads it maps the same way."""
+        where = {"provider": self.name, "model": model}
+        try:
+            async with self._http.stream("POST", url, json=payload, headers=self._headers(),
+                                         timeout=self._timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._error(response, model)
+                yield response
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeoutError(f"{self.name}: {model} timed out", **where) from exc
+        except httpx.TransportError as exc:
+            raise ProviderConnectionError(
+                f"{self.name}: {model}: the connection failed: {type(exc).__name__}",
+                **where) from exc
+        except ValueError as exc:  # an event that is not JSON
+            raise ProviderServerError(f"{self.name}: {model} streamed a malformed event",
+                                      **where) from exc
 
     @abstractmethod
     def _headers(self) -> dict[str, str]: ...

@@ -3,12 +3,14 @@ shape is OpenAI's, so messages, tools, tool choice and response formats pass thr
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 
 from schemas import Message, ProviderServerError, ToolCall, Usage
 from workers.providers.base import ChatRequest, Completion, Embeddings, EmbedRequest, Provider
+from workers.providers.streaming import Delta, openai_deltas
 
 __all__ = ["OpenAIProvider", "wire_messages"]
 
@@ -71,6 +73,14 @@ class OpenAIProvider(Provider):
             content, reason = str(message["refusal"]), "content_filter"
         return Completion(content=content, finish_reason=reason,
                           usage=_usage(body.get("usage")), tool_calls=calls or None)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        payload = {**self.chat_payload(request), "stream": True,
+                   "stream_options": {"include_usage": True}}
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        async with self._open_stream(url, payload, request.model) as response:
+            async for delta in openai_deltas(response, self.name, request.model):
+                yield delta
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         payload: dict[str, Any] = {"model": request.wire_model, "input": request.texts}
