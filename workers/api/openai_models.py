@@ -26,6 +26,10 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StreamOptions(_Request):
+    include_usage: bool | None = None
+
+
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. ``model``: a tier (``simple`` or ``tier/simple``)
     or a model of the fleet file."""
@@ -49,22 +53,15 @@ class ChatCompletionRequest(_Request):
     user: str | None = Field(default=None, max_length=200)
     #: Only one choice per request.
     n: int | None = Field(default=None, description="Only 1 is supported.")
-    #: Streaming is not served: the answer comes whole.
-    stream: bool | None = Field(default=None, description="Only false is supported.")
+    #: The answer as server-sent events in OpenAI's chunk format.
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
 
     @field_validator("n")
     @classmethod
     def _one_choice(cls, value: int | None) -> int | None:
         if value not in (None, 1):
             raise ValueError("only n=1 is supported by the fleet")
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("streaming is not supported by the fleet: leave stream out or "
-                             "set it to false")
         return value
 
     @field_validator("stop")

@@ -33,6 +33,7 @@ from workers.api.openai_models import (
     ModelList,
     ResponseMessage,
 )
+from workers.api.openai_stream import stream_response
 from workers.api.state import ApiState, state_of
 
 __all__ = ["fleet_key", "resolve_model", "router"]
@@ -131,26 +132,35 @@ RetryCount = Annotated[int | None, Header(alias="x-stainless-retry-count",
                                           include_in_schema=False)]
 
 
-async def _run_once(state: ApiState, caller: FleetKey, body: Any, seconds: float,
-                    idempotency_key: str | None, retry_count: int | None,
-                    submit: Callable[[str | None, float], Awaitable[JobHandle]]) -> Any:
-    """The request's result, as its own job or as the job a repeat of it started
+async def _start(state: ApiState, caller: FleetKey, body: Any, seconds: float,
+                 idempotency_key: str | None, retry_count: int | None,
+                 submit: Callable[[str | None, float], Awaitable[JobHandle]]
+                 ) -> tuple[JobHandle, idempotency.Attempt]:
+    """The request's job: its own, or the one a repeat of it started
     (``workers.api.idempotency``): a retry attaches, it does not multiply."""
     lifetime = seconds + state.fleet.job_time_limit_s
     attempt = await asyncio.to_thread(idempotency.begin, state.redis, caller.key_id, body,
                                       idempotency_key, retry_count, lifetime)
     if attempt.attached:
         assert attempt.job_id is not None
-        return await JobHandle(state.client, attempt.job_id).wait(seconds)
+        return JobHandle(state.client, attempt.job_id), attempt
     # A job a repeat may attach to outlives this wait (up to the fleet's time limit), so
     # that the repeat finds it running; any other job is dropped when its caller goes.
     job_timeout = seconds if attempt.record is None else max(
         seconds, state.fleet.job_time_limit_s)
     try:
-        handle = await submit(attempt.job_id, job_timeout)
+        return await submit(attempt.job_id, job_timeout), attempt
     except BaseException:  # nothing was queued: a retry may start the job
         await asyncio.to_thread(idempotency.forget, state.redis, attempt)
         raise
+
+
+async def _run_once(state: ApiState, caller: FleetKey, body: Any, seconds: float,
+                    idempotency_key: str | None, retry_count: int | None,
+                    submit: Callable[[str | None, float], Awaitable[JobHandle]]) -> Any:
+    """The result of the request's job (``_start``)."""
+    handle, attempt = await _start(state, caller, body, seconds, idempotency_key,
+                                   retry_count, submit)
     result = await handle.wait(seconds)
     if attempt.record is not None and result.cache_hit:
         # Answered at submit (no worker stored it): leave it where a repeat waits.
@@ -158,12 +168,17 @@ async def _run_once(state: ApiState, caller: FleetKey, body: Any, seconds: float
     return result
 
 
+LastEventId = Annotated[str | None, Header(alias="last-event-id", include_in_schema=False)]
+
+
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response,
                            caller: Caller, timeout: Timeout = None,
                            idempotency_key: IdempotencyKey = None,
-                           retry_count: RetryCount = None) -> ChatCompletionResponse:
-    """One completion job on the tier or model named by ``model``."""
+                           retry_count: RetryCount = None,
+                           last_event_id: LastEventId = None) -> Any:
+    """One completion job on the tier or model named by ``model``; with ``stream:
+    true``, its answer as server-sent events in OpenAI's chunk format."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=False)
     seconds = _timeout(timeout, state.default_timeout_s)
@@ -172,11 +187,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
     async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
         return await state.client.asubmit(
             messages, timeout=job_timeout, agent=caller.agent, user=caller.user,
-            job_id=job_id, **route, **_job_options(body))
+            job_id=job_id, stream=bool(body.stream), **route, **_job_options(body))
 
-    result: CompletionResult = await _run_once(
-        state, caller, body.model_dump(mode="json", exclude_none=True), seconds,
-        idempotency_key, retry_count, submit)
+    fingerprint = body.model_dump(mode="json", exclude_none=True)
+    if body.stream:
+        handle, attempt = await _start(state, caller, fingerprint, seconds, idempotency_key,
+                                       retry_count, submit)
+        after = _position(last_event_id) if attempt.attached else -1
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return stream_response(handle, body.model, include_usage, seconds, after)
+    result: CompletionResult = await _run_once(state, caller, fingerprint, seconds,
+                                               idempotency_key, retry_count, submit)
     _fleet_headers(response, result)
     usage = result.usage
     message = ResponseMessage(content=None if result.tool_calls and not result.content
@@ -188,6 +209,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
         usage=CompletionUsage(prompt_tokens=usage.prompt_tokens,
                               completion_tokens=usage.completion_tokens,
                               total_tokens=usage.total_tokens))
+
+
+def _position(last_event_id: str | None) -> int:
+    """The chunk a resuming client had last (the SSE id we sent), else -1."""
+    try:
+        return int(last_event_id) if last_event_id is not None else -1
+    except ValueError:
+        return -1
 
 
 def _encode(vector: list[float], fmt: str | None) -> list[float] | str:

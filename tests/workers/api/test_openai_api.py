@@ -82,7 +82,6 @@ def test_models_lists_tiers_and_models(client: OpenAI) -> None:
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"messages": [{"role": "tool", "tool_call_id": "c1", "content": "4"}]},
      "messages.0.tool_call_id"),
-    ({"stream": True}, "stream"),
     ({"n": 2}, "n"),
     ({"temperature": 3}, "temperature"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
@@ -95,12 +94,6 @@ def test_an_unsupported_or_bad_parameter_is_refused_naming_it(
     assert info.value.status_code == 400
     assert info.value.param == param and info.value.type == "invalid_request_error"
     assert sim.stats()["requests"] == 0
-
-
-def test_streaming_is_refused_clearly(client: OpenAI, sim: Any) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="simple", messages=ask("x"), stream=True)
-    assert "stream" in info.value.message
 
 
 def test_an_unknown_model_is_404_model_not_found(client: OpenAI, sim: Any) -> None:
