@@ -45,7 +45,7 @@ from workers.accounting.budgets import (
 from workers.store.figures import plain, rate, with_rates
 
 __all__ = ["GROUPINGS", "Grouping", "agent_stats", "budget_spend",
-           "budgets_state", "costs", "ledger_measures", "stats", "utc_now"]
+           "budgets_state", "costs", "ledger_measures", "stats", "ttft_measures", "utc_now"]
 
 Grouping = Literal["day", "agent", "model", "tier", "user"]
 #: The ways ``costs`` can group, in the order the CLI offers them.
@@ -76,6 +76,14 @@ def ledger_measures(rows: NamedFromClause = job_ledger) -> dict[str, ColumnEleme
         **{f"latency_p{p}_ms": func.percentile_cont(p / 100).within_group(c.latency_ms)
            .filter(waited) for p in (50, 95, 99)},
     }
+
+
+def ttft_measures(rows: NamedFromClause = job_ledger) -> dict[str, ColumnElement[Any]]:
+    """Time-to-first-token percentiles of the streamed jobs among ``rows`` (None when
+    none was streamed); apart from ``ledger_measures``, which roll-ups store whole."""
+    c = rows.c
+    return {f"ttft_p{p}_ms": func.percentile_cont(p / 100).within_group(c.ttft_ms)
+            .filter(c.ttft_ms.is_not(None)) for p in (50, 95)}
 
 
 # -- budgets -----------------------------------------------------------------------
@@ -219,7 +227,7 @@ def stats(engine: Engine, since: dt.datetime) -> dict[str, Any]:
     rows = select(*[c for c in job_ledger.c if c.name != "tier"],
                   func.coalesce(job_ledger.c.tier, "").label("tier")) \
         .where(job_ledger.c.created_at >= since).subquery("recent")
-    measures = ledger_measures(rows)
+    measures = {**ledger_measures(rows), **ttft_measures(rows)}
     grouped = select(func.grouping(rows.c.tier).label("is_total"), rows.c.tier,
                      *[m.label(n) for n, m in measures.items()]) \
         .group_by(func.rollup(rows.c.tier)).order_by(rows.c.tier)

@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
-from schemas.tables import metric_counters, metric_latency
+from schemas.tables import metric_counters, metric_latency, metric_ttft
 from workers.accounting import reports
 from workers.accounting.budgets import NANO, budget_key, counter_figures, period_of
 from workers.accounting.counters import LATENCY_BUCKETS_S
@@ -87,7 +87,12 @@ class FleetCollector(Collector):
         with self._state.engine.connect() as connection:
             counters = connection.execute(select(metric_counters)).mappings().all()
             latency = connection.execute(select(metric_latency)).mappings().all()
-        return [*self._families(counters), self._histogram(latency)]
+            ttft = connection.execute(select(metric_ttft)).mappings().all()
+        return [*self._families(counters),
+                self._histogram("llmfleet_job_latency_seconds", "Submit-to-result latency "
+                                "of jobs that reached a provider or the cache.", latency),
+                self._histogram("llmfleet_job_ttft_seconds", "Submit-to-first-chunk time "
+                                "of streamed jobs.", ttft)]
 
     @staticmethod
     def _families(rows: Sequence[RowMapping]) -> Iterator[Metric]:
@@ -115,11 +120,9 @@ class FleetCollector(Collector):
             yield counter
 
     @staticmethod
-    def _histogram(rows: Sequence[RowMapping]) -> Metric:
+    def _histogram(name: str, doc: str, rows: Sequence[RowMapping]) -> Metric:
         """Each row holds one bucket's own range: cumulative counts are running sums."""
-        family = HistogramMetricFamily(
-            "llmfleet_job_latency_seconds", "Submit-to-result latency of jobs that reached "
-            "a provider or the cache.", labels=["tier"])
+        family = HistogramMetricFamily(name, doc, labels=["tier"])
         tiers: dict[str, list[RowMapping]] = defaultdict(list)
         for row in rows:
             tiers[row["tier"]].append(row)

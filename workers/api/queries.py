@@ -44,7 +44,7 @@ def metrics_page(engine: Engine, time_range: str, *, model: str | None = None,
         where.append(job_ledger.c.model == model)
     if agent:
         where.append(job_ledger.c.agent == agent)
-    measures = reports.ledger_measures()
+    measures = {**reports.ledger_measures(), **reports.ttft_measures()}
     stamp = func.date_trunc(bucket, func.timezone("UTC", job_ledger.c.created_at))
     totals_q = select(*[m.label(n) for n, m in measures.items()]).where(*where)
     series_q = select(stamp.label("bucket"), *[m.label(n) for n, m in measures.items()]) \

@@ -117,7 +117,7 @@ def stats(since: dt.datetime, as_json: bool) -> None:
 
     def render(s: dict[str, Any]) -> None:
         columns = ["tier", "jobs", "errors", "cache hits", "tokens", "cost", "saved",
-                   "p50/95/99 ms"]
+                   "p50/95/99 ms", "first token p50/95 ms"]
         rows = [[t["tier"] or "(none)", *_stat_cells(t)] for t in s["per_tier"]]
         rows.append(["all", *_stat_cells(s)])
         _print(f"Fleet since {since:%Y-%m-%d %H:%M} UTC", columns, rows)
@@ -130,9 +130,10 @@ def stats(since: dt.datetime, as_json: bool) -> None:
 def _stat_cells(s: dict[str, Any]) -> list[str]:
     tokens = int(s["prompt_tokens"]) + int(s["completion_tokens"])
     latency = "/".join(_ms(s[f"latency_p{p}_ms"]) for p in (50, 95, 99))
+    ttft = "/".join(_ms(s.get(f"ttft_p{p}_ms")) for p in (50, 95))
     return [f"{s['jobs']:,}", f"{s['errors']:,} ({s['error_rate']:.0%})",
             f"{s['cache_hits']:,} ({s['cache_hit_rate']:.0%})", f"{tokens:,}",
-            _money(s["cost_usd"]), _money(s["cost_saved_usd"]), latency]
+            _money(s["cost_usd"]), _money(s["cost_saved_usd"]), latency, ttft]
 
 
 #: What the lead adds to the ``llmfleet`` group.

@@ -40,7 +40,8 @@ export function kpis(metrics, range) {
   const tiles = [
     ['Jobs', t.jobs.toLocaleString('en')], ['Jobs/min', (t.jobs / minutes).toFixed(2)],
     ['Error rate', pct(t.error_rate)], ['Latency p50', ms(t.latency_p50_ms)],
-    ['Latency p95', ms(t.latency_p95_ms)], ['Cost', usd(t.cost_usd)],
+    ['Latency p95', ms(t.latency_p95_ms)], ['First token p50', ms(t.ttft_p50_ms)],
+    ['First token p95', ms(t.ttft_p95_ms)], ['Cost', usd(t.cost_usd)],
     ['Cache hit rate', pct(t.cache_hit_rate)], ['Saved by cache', usd(t.cost_saved_usd)],
   ];
   $('kpis').replaceChildren(...tiles.map(([name, value]) => el('div', { class: 'kpi' },
