@@ -71,7 +71,9 @@ def simulator() -> Iterator[object]:
 def sim(simulator: object) -> Iterator[object]:
     """The session simulator, reset to a clean configuration for each test."""
     simulator.configure(latency_ms=0, jitter_ms=0, error_rate=0, rate_limit_rate=0,  # type: ignore[attr-defined]
-                        fail_models={}, known_models=None, context_limits={}, omit_usage=False)
+                        fail_models={}, known_models=None, context_limits={}, omit_usage=False,
+                        malformed_rate=0, first_token_ms=0, token_ms=0,
+                        stream_failure_rate=0)
     simulator.reset_stats()  # type: ignore[attr-defined]
     yield simulator
 

@@ -96,17 +96,32 @@ def beat(loglevel: str) -> None:
               type=click.FloatRange(0, 1), help="Share of calls answered 429 with Retry-After.")
 @click.option("--retry-after", default=1, show_default=True, type=int,
               help="Seconds the 429s ask to wait.")
+@click.option("--malformed-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of JSON answers (structured output, tool-call arguments) made "
+              "invalid: broken JSON and JSON that breaks the schema, in turn.")
+@click.option("--first-token-ms", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Streams: delay before the first content delta (instead of --latency-ms).")
+@click.option("--token-ms", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Streams: delay between content deltas (a few tokens each).")
+@click.option("--stream-failure-rate", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Share of streams that fail after some deltas (an error event, then the "
+              "end of the stream).")
 def simulator(host: str, port: int, latency_ms: float, error_rate: float,
-              rate_limit_rate: float, retry_after: int) -> None:
+              rate_limit_rate: float, retry_after: int, malformed_rate: float,
+              first_token_ms: float, token_ms: float, stream_failure_rate: float) -> None:
     """Serve the provider simulator (OpenAI and Anthropic wire formats) over HTTP.
 
     Point a fleet at it with LLMFLEET_SIMULATOR_URL=http://HOST:PORT. Change its
-    behaviour while it runs with POST /_sim/config; read its counts at GET /_sim/stats.
+    behaviour while it runs with POST /_sim/config; read its counts at GET /_sim/stats
+    (streams at GET /_sim/stats/streams).
     """
     from workers.devstack.simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(latency_ms=latency_ms, error_rate=error_rate,
-                             rate_limit_rate=rate_limit_rate, retry_after_s=retry_after)
+                             rate_limit_rate=rate_limit_rate, retry_after_s=retry_after,
+                             malformed_rate=malformed_rate, first_token_ms=first_token_ms,
+                             token_ms=token_ms, stream_failure_rate=stream_failure_rate)
     click.echo(f"provider simulator on http://{host}:{port} "
                f"(OpenAI at /v1, Anthropic at /v1/messages)")
     run_simulator(host=host, port=port, config=config)

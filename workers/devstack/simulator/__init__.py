@@ -3,7 +3,10 @@
 It speaks the OpenAI (chat completions, embeddings, models) and Anthropic
 Messages wire formats, with configurable latency and seeded failure injection,
 and reports exact, deterministic token usage, so the fleet's retries, fallback
-and cost accounting can be exercised without a network or a bill.
+and cost accounting can be exercised without a network or a bill. Requests are
+validated as the real services validate them; answers include tool calls,
+structured output (optionally malformed, at a seeded rate), and streams in each
+format's server-sent events, with images counted by each provider's rule.
 """
 
 from ._app import create_app

@@ -176,6 +176,10 @@ class SimState:
         self._streams = random.Random(seed + 3)
         self._broken_next = True
 
+    def reset_stats(self) -> None:
+        self.stats.reset()
+        self.streams.reset()
+
     def _check_seed(self) -> None:
         if self.config.seed != self._seed:
             self._reseed(self.config.seed)

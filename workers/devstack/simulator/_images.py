@@ -19,6 +19,8 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "we
 URL_SIZE = (1024, 1024)
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
 _PNG = b"\x89PNG\r\n\x1a\n"
+_ANTHROPIC_LONG_SIDE = 1568
+_ANTHROPIC_PIXELS = 1568 * 784
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
 
 
@@ -114,20 +116,21 @@ def openai_tokens(width: int, height: int, detail: str) -> int:
         return 85
     if max(width, height) > 2048:
         ratio = 2048 / max(width, height)
-        width, height = int(width * ratio), int(height * ratio)
+        width, height = round(width * ratio), round(height * ratio)
     if min(width, height) > 768:
         ratio = 768 / min(width, height)
-        width, height = int(width * ratio), int(height * ratio)
+        width, height = round(width * ratio), round(height * ratio)
     return 85 + 170 * math.ceil(width / 512) * math.ceil(height / 512)
 
 
 def anthropic_tokens(width: int, height: int) -> int:
-    """Anthropic's rule: width*height/750, after scaling down to at most 1568 px on the
-    long side and (as its documentation adds) to at most about 1,600 tokens."""
-    if max(width, height) > 1568:
-        ratio = 1568 / max(width, height)
-        width, height = max(1, int(width * ratio)), max(1, int(height * ratio))
-    if width * height > 1600 * 750:
-        ratio = math.sqrt(1600 * 750 / (width * height))
-        width, height = max(1, int(width * ratio)), max(1, int(height * ratio))
+    """Anthropic's rule: width*height/750, rounded up, after scaling down to at most
+    1568 px on the long side and to at most 1568x784 pixels in all: the largest
+    image (about 1,600 tokens) its documentation lists as left unscaled."""
+    if max(width, height) > _ANTHROPIC_LONG_SIDE:
+        ratio = _ANTHROPIC_LONG_SIDE / max(width, height)
+        width, height = max(1, round(width * ratio)), max(1, round(height * ratio))
+    if width * height > _ANTHROPIC_PIXELS:
+        ratio = math.sqrt(_ANTHROPIC_PIXELS / (width * height))
+        width, height = max(1, round(width * ratio)), max(1, round(height * ratio))
     return math.ceil(width * height / 750)

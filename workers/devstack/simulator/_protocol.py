@@ -8,11 +8,14 @@ see exactly what the real provider would send.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
 
-from ._config import SimulatorConfig
+from ._config import SimState, SimulatorConfig
+from ._stream import Streamed
 
 Json = dict[str, Any]
 Fmt = Literal["openai", "anthropic"]
@@ -155,24 +158,6 @@ def positive_int(body: Json, name: str, *, required: bool = False) -> int | None
     return value
 
 
-def messages_of(body: Json, roles: frozenset[str] | None = None) -> list[Json]:
-    messages = body.get("messages")
-    if (
-        isinstance(messages, list)
-        and messages
-        and all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and (roles is None or m["role"] in roles)
-            for m in messages
-        )
-    ):
-        return messages
-    allowed = "" if roles is None else f" with role in {sorted(roles)}"
-    message = f"messages: a non-empty list of messages{allowed} is required."
-    raise Reject(400, message, param="messages")
-
-
 def strings_of(body: Json, name: str) -> list[str]:
     """A field holding a string or a list of strings (stop, input), as a list."""
     value = body.get(name)
@@ -184,6 +169,28 @@ def strings_of(body: Json, name: str) -> list[str]:
     return items
 
 
-def no_stream(body: Json) -> None:
-    if body.get("stream"):
-        raise Reject(400, "stream: the simulator does not stream.", param="stream")
+def kind_of(value: object) -> str:
+    """A JSON value's type, as OpenAI's errors name it."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
+                       (str, "a string"), (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def with_usage(config: SimulatorConfig, result: Json, usage: Json) -> Json:
+    if not config.omit_usage:
+        result["usage"] = usage
+    return result
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A validated provider request, ready to be answered (or streamed, if asked)."""
+
+    model: str
+    context_tokens: int  # compared with config.context_limits[model]
+    answer: Callable[[SimState], Json]
+    stream: Callable[[SimState], Streamed] | None = None

@@ -139,8 +139,13 @@ class SimulatorThread:
         """Request counters, as GET /_sim/stats returns them."""
         return self._call(self._app[STATE].stats.snapshot)
 
+    def stream_stats(self) -> dict[str, int]:
+        """What streams sent, as GET /_sim/stats/streams returns it."""
+        return self._call(self._app[STATE].streams.snapshot)
+
     def reset_stats(self) -> None:
-        self._call(self._app[STATE].stats.reset)
+        """Zero the request and the stream counters."""
+        self._call(self._app[STATE].reset_stats)
 
     def configure(self, **fields: Any) -> None:
         """Change config fields on the running server; unknown names raise ValueError."""

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import tiktoken
 
@@ -28,6 +29,13 @@ def sim() -> Iterator[SimulatorThread]:
 def client(sim: SimulatorThread) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sim.base_url, timeout=10) as http:
         yield http
+
+
+@pytest.fixture
+def oai(sim: SimulatorThread) -> Iterator[openai.OpenAI]:
+    """The official OpenAI SDK pointed at the simulator, without its own retries."""
+    with openai.OpenAI(base_url=sim.openai_base_url, api_key="sk-test", max_retries=0) as sdk:
+        yield sdk
 
 
 def chat(model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
@@ -58,3 +66,33 @@ def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
     assert body["error"]["type"] == kind
     message: str = body["error"]["message"]
     return message
+
+
+def sse_events(lines: list[str]) -> list[tuple[str | None, str]]:
+    """(event name or None, data) of each server-sent event in `lines`."""
+    events: list[tuple[str | None, str]] = []
+    name: str | None = None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, line[6:]))
+            name = None
+    return events
+
+
+def tool(name: str, parameters: dict[str, Any] | None = None, *, strict: bool = False
+         ) -> dict[str, Any]:
+    """An OpenAI function tool."""
+    schema = parameters or {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"], "additionalProperties": False}
+    return {"type": "function",
+            "function": {"name": name, "description": f"The {name} tool", "parameters": schema,
+                         "strict": strict}}
+
+
+def claude_tool(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An Anthropic client tool."""
+    return {"name": name, "description": f"The {name} tool",
+            "input_schema": schema or {"type": "object", "properties": {"city": {"type": "string"}},
+                                       "required": ["city"]}}

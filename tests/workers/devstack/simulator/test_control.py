@@ -72,3 +72,43 @@ def test_configure_on_running_thread_rejects_unknown(sim: SimulatorThread) -> No
     with pytest.raises(ValueError, match="bogus"):
         sim.configure(bogus=1)
     assert sim.openai_base_url == sim.base_url + "/v1"
+
+
+STREAM_FIELDS = {"malformed_rate": 0.2, "first_token_ms": 150.0, "token_ms": 20.0,
+                 "stream_failure_rate": 0.1}
+
+
+def test_new_fields_over_http(sim: SimulatorThread, client: httpx.Client) -> None:
+    # Given the JSON and streaming knobs
+    # When they are posted, then bad values for each
+    ok = client.post("/_sim/config", json=STREAM_FIELDS)
+    bad = [client.post("/_sim/config", json={name: value})
+           for name, value in [("malformed_rate", 1.5), ("stream_failure_rate", -0.1),
+                               ("token_ms", "fast"), ("first_token_ms", True)]]
+    # Then the valid ones apply (to the thread's config too); the others are 400
+    assert ok.status_code == 200
+    assert {k: ok.json()[k] for k in STREAM_FIELDS} == STREAM_FIELDS
+    assert sim.config.token_ms == 20.0
+    assert [r.status_code for r in bad] == [400] * 4
+    assert {k: getattr(sim.config, k) for k in STREAM_FIELDS} == STREAM_FIELDS
+
+
+def test_cli_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the simulator command, its server replaced by a recorder
+    from click.testing import CliRunner
+
+    import workers.devstack.simulator as package
+    from workers.cli.fleet import simulator
+
+    served: list[SimulatorConfig] = []
+    monkeypatch.setattr(package, "run_simulator",
+                        lambda host, port, config: served.append(config))
+    # When it runs with the new flags, then with an out-of-range rate
+    args = ["--malformed-rate", "0.2", "--first-token-ms", "150", "--token-ms", "20",
+            "--stream-failure-rate", "0.1"]
+    result = CliRunner().invoke(simulator, args)
+    refused = CliRunner().invoke(simulator, ["--malformed-rate", "2"])
+    # Then the config carries them, and the bad rate is refused
+    assert result.exit_code == 0, result.output
+    assert {k: getattr(served[0], k) for k in STREAM_FIELDS} == STREAM_FIELDS
+    assert refused.exit_code == 2 and "--malformed-rate" in refused.output
