@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,21 @@ def wait_until(predicate: object, timeout: float = 30, interval: float = 0.2) ->
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def ledger_row(database_url: str, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    """A job's ledger row, once the flusher has written it."""
+    from sqlalchemy import text
+
+    from workers.store.engines import sync_engine
+
+    query = text("SELECT * FROM job_ledger WHERE job_id = :j")
+    found: list[dict[str, Any]] = []
+
+    def present() -> bool:
+        with sync_engine(database_url).connect() as connection:
+            found[:] = [dict(r) for r in connection.execute(query, {"j": job_id}).mappings()]
+        return bool(found)
+
+    wait_until(present, timeout=timeout)
+    return found[0]

@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import text as sql
 
 from schemas import AllModelsFailedError, CompletionResult, FleetConfig, Settings
 from tasks import FleetClient
 from tasks.names import queue_for
-from tests.conftest import start_worker, stop_process, wait_until
-from workers.store.engines import sync_engine
+from tests.conftest import ledger_row, start_worker, stop_process, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +58,6 @@ def ask(text: str) -> list[dict[str, str]]:
 
 def uid() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def ledger_row(database_url: str, job_id: str) -> dict[str, Any]:
-    query = sql("SELECT cache_hit, cost_usd, cost_saved_usd, agent FROM job_ledger "
-                "WHERE job_id = :id")
-    found: list[dict[str, Any]] = []
-
-    def present() -> bool:
-        engine = sync_engine(database_url)
-        try:
-            with engine.connect() as connection:
-                found[:] = [dict(r._mapping) for r in connection.execute(query, {"id": job_id})]
-        finally:
-            engine.dispose()
-        return bool(found)
-
-    wait_until(present, timeout=20)
-    return found[0]
 
 
 def test_eight_identical_jobs_on_two_workers_make_one_provider_call(

@@ -4,7 +4,9 @@ one provider call.
 The first takes a short lock (SET NX PX, refreshed while it works) in the same script
 that looks the cache up, so no job calls after another stored; the rest follow it, woken
 through pub/sub and polling in case a wake-up is lost, and take the lock over when it
-expires (its holder died). Redis trouble never fails a job: the job calls on.
+expires (its holder died). A job's token is its id, so a follower knows whose stream it
+may read (``watch``) and a redelivered job finds its own lock. Redis trouble never fails a
+job: the job calls on.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ return 1
 """
 DONE_MS = 60_000
 
-
-
 #: The holder's work: a provider's result, or an answer it found (by meaning).
 Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
+#: Told each holder a job follows, by its token (the holder's job id).
+Watch = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,20 +102,23 @@ class Coalescer:
         self._finish = redis.register_script(_FINISH)
         self._wakeups = Channels(redis)
 
-    async def run(self, key: str, produce: Produce, timeout: float
+    async def run(self, key: str, produce: Produce, timeout: float, *,
+                  token: str | None = None, watch: Watch | None = None
                   ) -> CompletionResult | CachedAnswer:
         """The cached answer; else ``produce()``'s result if this job made the call;
         else the answer of the identical job that did. The cache lookup and taking the
         lock are one step, so no job calls after another stored. Waits at most
         ``timeout`` for another job, then produces itself; when the job it waits on
-        fails, one waiter takes over (after the failure's backoff), the others wait on."""
-        token = uuid.uuid4().hex
+        fails, one waiter takes over (after the failure's backoff), the others wait on.
+        ``token``: the job's id (unique if not given); ``watch``: told each holder
+        followed."""
+        token = token or uuid.uuid4().hex
         try:
             look = await self._look(key, None, token)
             if look.answer is not None:
                 return look.answer
             if look.holder is not None and look.holder != token:
-                look = await self._follow(key, look.holder, token, timeout)
+                look = await self._follow(key, look.holder, token, timeout, watch)
                 if look.answer is not None:
                     return look.answer
         except (RedisError, ValueError) as exc:
@@ -142,11 +147,14 @@ class Coalescer:
         failure = json.loads(_text(found[2]))
         return _Look(holder=value, failed=True, retry_after=failure.get("retry_after"))
 
-    async def _follow(self, key: str, holder: str, token: str, timeout: float) -> _Look:
+    async def _follow(self, key: str, holder: str, token: str, timeout: float,
+                      watch: Watch | None) -> _Look:
         """Wait on the holder (and whoever takes over from it) until an answer comes,
         the lock falls to this job, or ``timeout`` passes (then nobody's lock)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if watch is not None:
+            watch(holder)
         async with self._wakeups.watch(CACHE_WAKE.format(key=key)) as woken:
             while True:
                 left = deadline - loop.time()
@@ -158,6 +166,8 @@ class Coalescer:
                 look = await self._look(key, holder, token)
                 if look.answer is not None or look.holder == token:
                     return look
+                if look.holder and look.holder != holder and watch is not None:
+                    watch(look.holder)
                 holder = look.holder or holder
 
     async def _lead(self, key: str, token: str, produce: Produce

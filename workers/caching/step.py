@@ -3,7 +3,8 @@
 There, a hit still leaves its ledger row (accounting sees the result, and the cost it
 saved in ``ctx.cost_saved_usd``), and reserves no budget: it spends nothing.
 On a miss the step coalesces identical jobs in flight (one provider call serves them
-all), calls on, and stores a whole answer of the chain's first model. The job's
+all; a streamed job reads the call's stream live, ``workers.caching.relay``), calls on,
+and stores a whole answer of the chain's first model. The job's
 ``cache`` field and the fleet's ``[cache]`` section decide what it may read and write
 (``schemas.cache_key.cache_mode``).
 """
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from schemas import CompletionJob, CompletionResult, ConfigError, FleetConfig, Settings
 from schemas.cache_key import CachedAnswer, cache_enabled, cache_key, cache_mode, is_cacheable
 from workers.caching.coalescer import Coalescer
+from workers.caching.relay import StreamRelay
 from workers.caching.response import ResponseCache
 from workers.caching.semantic import Embedder, SemanticCache
 from workers.pipeline.steps import Handler, JobContext, Result, Step
@@ -35,7 +37,7 @@ class CacheStep(Step):
 
     def __init__(self, redis: aioredis.Redis, fleet: FleetConfig, settings: Settings,
                  embed: Embedder | None = None) -> None:
-        self._fleet = fleet
+        self._fleet, self._redis = fleet, redis
         self._enabled = cache_enabled(settings)
         self._cache = ResponseCache(redis, ttl_s=settings.cache_ttl_seconds,
                                     max_size=settings.cache_max_size)
@@ -62,14 +64,28 @@ class CacheStep(Step):
             return await self._call_and_store(ctx, call_next, key, query)
         # One look finds the answer, or makes this job the one that calls for its key,
         # or has it wait for the identical job that already is.
-        outcome = await self._coalescer.run(
-            key, lambda: self._lead(ctx, call_next, key), timeout=self._wait_limit(ctx))
+        relay = StreamRelay(self._redis, ctx.sink) if ctx.sink is not None else None
+        try:
+            outcome = await self._coalescer.run(
+                key, lambda: self._lead(ctx, call_next, key, relay),
+                timeout=self._wait_limit(ctx), token=job.job_id,
+                watch=relay.follow if relay is not None else None)
+            if relay is not None and isinstance(outcome, CachedAnswer):
+                outcome = await relay.settle(answered=True) or outcome
+        finally:
+            if relay is not None:
+                await relay.close()
         return self._hit(ctx, outcome) if isinstance(outcome, CachedAnswer) else outcome
 
-    async def _lead(self, ctx: JobContext, call_next: Handler, key: str
-                    ) -> CompletionResult | CachedAnswer:
-        """The job holding the key's lock: look by meaning (here, so that a burst of
+    async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
+                    relay: StreamRelay | None) -> CompletionResult | CachedAnswer:
+        """The job holding the key's lock (or done waiting for it): the answer whose
+        stream it already relays, else look by meaning (here, so that a burst of
         identical jobs embeds its question once), else call and store."""
+        if relay is not None:
+            shared = await relay.settle(answered=False)
+            if shared is not None:
+                return shared
         query = None
         if self._semantic is not None:
             query = await self._semantic.query(ctx)
