@@ -54,7 +54,7 @@ def test_a_function_is_a_tool_and_its_call_comes_back_parsed(client: FleetClient
     # Then the model's call comes back with arguments valid for the function's schema
     assert result.finish_reason == "tool_calls" and result.tool_calls
     call = result.tool_calls[0]
-    assert call.name == "multiply" and set(call.arguments) == {"a", "b"}
+    assert call.name == "multiply" and call.arguments == {"a": 6, "b": 7}
 
 
 def test_an_agent_solves_a_task_with_two_tools_in_a_loop(client: FleetClient,

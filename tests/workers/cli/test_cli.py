@@ -71,4 +71,9 @@ def test_the_demo_runs_the_whole_fleet_and_stops_it(tmp_path: Path) -> None:
     assert "template 'coder_task'" in out and "Experiment coder_prompt_demo-" in out
     assert re.search(r"terse\W+\d+\W+\d+", out) and re.search(r"detailed\W+\d+\W+\d+", out)
     assert re.search(r"p = [\d.e-]+, (winner: \w+|no winner yet)", out), out[-3000:]
+    # And an agent ran a loop with both of its tools, then streamed an answer
+    assert re.search(r"multiply\W+\{\"a\":3\.0,\"b\":0\.5\}\W+1\.5", out), out[-3000:]
+    assert "search_docs" in out and "id: retries" in out
+    assert re.search(r"The run's cost: \$0\.\d+ over 2 jobs", out)
+    assert re.search(r"Streamed answer: \d+ chunks, first after \d+ ms", out)
     assert not (tmp_path / "stack.json").exists()

@@ -3,7 +3,8 @@
 Embedded Redis and Postgres (unless the environment names servers), the provider
 simulator (unless a provider key is set) with injected failures, a worker per tier,
 beat, and three sample agents submitting jobs across the tiers with some repeats; the
-coder's prompt comes from a stored template, two versions of it in an A/B experiment.
+coder's prompt comes from a stored template, two versions of it in an A/B experiment;
+then RAG over pgvector, an agent with two tools in a loop, and a streamed answer.
 Prints a summary and stops everything it started.
 """
 
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from schemas import CompletionResult, FleetConfig, FleetError, load_config
 from tasks import FleetAgent, FleetClient
+from workers.devstack.demo.agent_tools import run_tool_agent_demo
 from workers.devstack.demo.experiment import prepare_coder_experiment, show_experiment
 from workers.devstack.demo.rag import run_rag_demo
 from workers.devstack.demo.report import show_accounting, write_demo_fleet_file
@@ -80,7 +82,8 @@ def _start_simulator(fleet: FleetConfig, latency_ms: float, stack: ExitStack,
     primary = fleet.tiers["complex"].models[0] if "complex" in fleet.tiers else None
     failing = {fleet.models[primary].wire_name or primary: 529} if primary else {}
     config = SimulatorConfig(latency_ms=latency_ms, jitter_ms=latency_ms / 5, error_rate=0.05,
-                             rate_limit_rate=0.03, retry_after_s=1, fail_models=failing, seed=7)
+                             rate_limit_rate=0.03, retry_after_s=1, fail_models=failing, seed=7,
+                             first_token_ms=latency_ms, token_ms=5)
     simulator = stack.enter_context(SimulatorThread(config))
     console.print(f"[yellow]No provider key is set: the bundled provider simulator stands in "
                   f"for providers[/] at {simulator.base_url} ({latency_ms:.0f} ms, 5% server "
@@ -207,6 +210,7 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
                           f"({by_status})")
         show_experiment(client, experiment, console)
         run_rag_demo(client, services.database_url, console)
+        run_tool_agent_demo(client, services.database_url, console)
         if services.database_url and settings.enable_cost_tracking:
             show_accounting(client, services.redis_url, services.database_url, fleet,
                             run_started, run_id, console)

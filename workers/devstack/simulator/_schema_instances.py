@@ -127,13 +127,16 @@ def _merge(root: Json, parts: list[object]) -> Json:
 
 class _Builder:
     """One document's construction: a cursor over the words keeps strings (and
-    numbers) varied, so that uniqueItems holds where it can."""
+    numbers) varied, so that uniqueItems holds where it can. The first numbers are the
+    prompt's own, in order ("multiply 6 and 7" calls with 6 and 7)."""
 
     def __init__(self, root: Json, words: Sequence[str], strict: bool) -> None:
         self.root, self.words, self.strict = root, list(words) or ["simulated"], strict
         self.mentioned = frozenset(w.lower() for w in self.words)
+        self.numbers = [n for n in map(_number_in, self.words) if n is not None]
         self.cursor = 0
         self.values = 0
+        self.numbered = 0
 
     def word(self) -> str:
         self.cursor += 1
@@ -214,6 +217,11 @@ class _Builder:
     def _number(self, node: Json, integer: bool) -> float | int:
         self.cursor += 1
         value: float = self.cursor % 9 + (1 if integer else 1.5)
+        if self.numbered < len(self.numbers):
+            said = self.numbers[self.numbered]
+            self.numbered += 1
+            if not integer or said.is_integer():
+                value = said
         low, high = node.get("minimum"), node.get("maximum")
         ex_low, ex_high = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
         step = 1 if integer else 0.5
@@ -235,6 +243,14 @@ class _Builder:
             if isinstance(high, int | float) and value > high:
                 value -= multiple
         return int(value) if integer else value
+
+
+def _number_in(word: str) -> float | None:
+    try:
+        number = float(word)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def instance(schema: object, words: Sequence[str], *, strict: bool = False) -> object:
