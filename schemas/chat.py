@@ -26,14 +26,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def check_json_schema(schema: dict[str, Any]) -> None:
-    """ValueError unless ``schema`` is a valid JSON Schema (checked against the 2020-12
-    meta-schema, which also reads the drafts OpenAI and Anthropic document)."""
+def check_json_schema(schema: dict[str, Any], field: str = "schema") -> None:
+    """ValueError (its message headed by ``field``) unless ``schema`` is a valid JSON
+    Schema (checked against the 2020-12 meta-schema, which also reads the drafts OpenAI
+    and Anthropic document) whose every ``$ref`` points inside it (no service fetches
+    another document)."""
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path) or "the schema"
-        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        where = "/".join(str(p) for p in exc.path) or "its root"
+        raise ValueError(f"{field}: not a valid JSON Schema at {where}: {exc.message}") \
+            from None
+    for ref in _refs(schema):
+        if not ref.startswith("#") or _pointer(schema, ref[1:]) is None:
+            raise ValueError(f"{field}: $ref {ref[:200]!r} points nowhere in the schema "
+                             "(only references inside it, #/..., are allowed)")
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+    return own + [ref for key, sub in node.items() if key not in ("const", "enum", "default",
+                                                                   "examples")
+                  for ref in _refs(sub)]
+
+
+def _pointer(document: Any, pointer: str) -> Any:
+    """What a JSON Pointer (RFC 6901, percent-decoded) names in ``document``, or None."""
+    from urllib.parse import unquote
+
+    node = document
+    for raw in unquote(pointer).split("/")[1:] if pointer else ():
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
 
 
 def strict_problem(schema: Any, where: str = "schema") -> str | None:
@@ -46,7 +80,9 @@ def strict_problem(schema: Any, where: str = "schema") -> str | None:
         return None
     if not isinstance(schema, dict):
         return None
-    if schema.get("type") == "object" or "properties" in schema:
+    kinds = schema.get("type")
+    if kinds == "object" or (isinstance(kinds, list) and "object" in kinds) \
+            or "properties" in schema:
         if schema.get("additionalProperties") is not False:
             return f"{where}: a strict schema closes each object (additionalProperties: false)"
         missing = set(schema.get("properties", {})) - set(schema.get("required", []))
@@ -125,7 +161,7 @@ class Message(_Strict):
     no content) or tool (answering a call by its id)."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(min_length=1)] | None = None
     name: str | None = Field(default=None, max_length=64)
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=128)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
@@ -144,6 +180,9 @@ class Message(_Strict):
             raise ValueError("content: images go in user messages")
         if self.tool_calls and len({c.id for c in self.tool_calls}) != len(self.tool_calls):
             raise ValueError("tool_calls: two calls share an id")
+        if self.role == "user" and not self.text.strip() and not self.images:
+            # Anthropic refuses a turn with no text, and a job may fall back to it.
+            raise ValueError("content: a user message needs some text or an image")
         return self
 
     @property
@@ -171,7 +210,11 @@ class FunctionDef(_Strict):
 
     @model_validator(mode="after")
     def _valid_schema(self) -> FunctionDef:
-        check_json_schema(self.parameters)
+        check_json_schema(self.parameters, "parameters")
+        if self.parameters.get("type") != "object":
+            # Both services take a tool's arguments as one JSON object.
+            raise ValueError("parameters: a tool's parameters are a JSON Schema of "
+                             "type \"object\"")
         if self.strict and (problem := strict_problem(self.parameters, "parameters")):
             raise ValueError(problem)
         return self
@@ -207,6 +250,8 @@ class JsonSchemaFormat(_Strict):
     @model_validator(mode="after")
     def _valid_schema(self) -> JsonSchemaFormat:
         check_json_schema(self.schema_)
+        if self.strict and self.schema_.get("type") != "object":
+            raise ValueError("schema: a strict schema's root is of type \"object\"")
         if self.strict and (problem := strict_problem(self.schema_)):
             raise ValueError(problem)
         return self

@@ -160,8 +160,10 @@ class CompletionJob(_JobBase):
         names = [t.function.name for t in self.tools or ()]
         if len(set(names)) != len(names):
             raise ValueError("tools: two tools share a name")
-        if not names and (self.tool_choice is not None or self.parallel_tool_calls is not None):
-            raise ValueError("tool_choice: tool_choice and parallel_tool_calls need tools")
+        if not names and self.tool_choice is not None:
+            raise ValueError("tool_choice: needs tools")
+        if not names and self.parallel_tool_calls is not None:
+            raise ValueError("parallel_tool_calls: needs tools")
         choice = self.tool_choice
         if choice is not None and not isinstance(choice, str) and choice.function.name not in names:
             raise ValueError(f"tool_choice: no tool is named {choice.function.name!r}")

@@ -8,6 +8,8 @@ batch message answers ``{"ok": true, "batch": [envelope, ...]}``, one per job in
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,8 +17,8 @@ from pydantic import ValidationError
 from schemas.errors import FleetError, JobValidationError, WorkerError
 from schemas.jobs import CompletionResult, EmbeddingResult
 
-__all__ = ["decode_batch", "decode_outcome", "encode_batch", "encode_error", "encode_result",
-           "validation_error"]
+__all__ = ["decode_batch", "decode_outcome", "describe_errors", "encode_batch", "encode_error",
+           "encode_result", "validation_error"]
 
 Result = CompletionResult | EmbeddingResult
 
@@ -55,32 +57,45 @@ def decode_batch(outcome: Any, size: int) -> list[dict[str, Any]]:
     return envelopes
 
 
+#: A union member pydantic names by its class (``NamedToolChoice``); no field is so named.
+_MEMBER_CLASS = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]+)+$")
+
+
 def _path(loc: tuple[Any, ...]) -> list[str]:
-    """A pydantic location as a field path: union members (``list[...]``, ``str``) and
-    discriminator tags (the tag repeats the field that follows it) left out."""
+    """A pydantic location as a field path: union members (``list[...]``, ``str``, a
+    model's class name) and discriminator tags (the tag repeats the field that follows
+    it) left out."""
     path: list[str] = []
     for part in map(str, loc):
-        if "[" in part or part in ("str", "int", "float", "bool", "none"):
+        if "[" in part or part in ("str", "int", "float", "bool", "none") \
+                or _MEMBER_CLASS.match(part):
             continue
         if not path or path[-1] != part:
             path.append(part)
     return path
 
 
-def validation_error(exc: ValidationError, prefix: str = "") -> JobValidationError:
-    """A pydantic error as a JobValidationError naming the most specific bad field
-    (where a value matched no member of a union, the member it came closest to)."""
-    errors = exc.errors()
+def describe_errors(errors: Sequence[Any]) -> tuple[str, str, str]:
+    """(field, message, pydantic's error type) of the most specific of pydantic's
+    ``errors`` (where a value matched no member of a union, the member it came closest
+    to); ``body`` (FastAPI's root) is left out of the field."""
     first = max(errors, key=lambda e: len(_path(e["loc"])))
-    loc = _path(first["loc"])
+    loc = [part for part in _path(first["loc"]) if part != "body"]
     field = ".".join(loc) or "job"
-    message = first["msg"].removeprefix("Value error, ")
+    message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     # A model validator reports on the model; its message starts with the field.
     if ":" in message and message.split(":", 1)[0].replace(".", "").replace("_", "").isalnum():
         head, message = (part.strip() for part in message.split(":", 1))
         field = ".".join([*loc, head]) if loc and not head.startswith(loc[0]) else head
+    return field, message, str(first["type"])
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> JobValidationError:
+    """A pydantic error as a JobValidationError naming the most specific bad field."""
+    errors = exc.errors()
+    field, message, _ = describe_errors(errors)
     count = len(errors)
     more = f" (and {count - 1} more)" if count > 1 else ""
     return JobValidationError(f"{prefix}{field}: {message}{more}", field=field)

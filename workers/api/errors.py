@@ -40,6 +40,7 @@ from schemas import (
     RateLimitError,
     UnknownModelError,
     UnknownTierError,
+    describe_errors,
 )
 
 __all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "fleet_error",
@@ -119,23 +120,21 @@ def fleet_error(exc: FleetError) -> ApiError:
 
 
 def _validation(exc: RequestValidationError) -> ApiError:
-    """The first problem of a request body, naming its parameter the OpenAI way."""
+    """The most specific problem of a request body, naming its parameter the OpenAI way
+    (the field itself, not the member of a union it was tried against)."""
     errors = list(exc.errors())
-    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    kind = first.get("type", "")
-    if kind == "json_invalid":
+    if not errors:
+        return ApiError(400, "invalid request", param=None, code="invalid_value")
+    if errors[0].get("type") == "json_invalid":
         return ApiError(400, "the body is not valid JSON", param=None, code="invalid_json")
+    param, message, kind = describe_errors(errors)
     if kind == "extra_forbidden":
         return ApiError(400, f"unsupported parameter {param!r}: the fleet does not support "
                         "it", param=param, code="unsupported_parameter")
     if kind == "missing":
         return ApiError(400, f"missing required parameter {param!r}", param=param,
                         code="missing_required_parameter")
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return ApiError(400, f"{param or 'body'}: {message}", param=param,
-                    code="invalid_value")
+    return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
 async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -60,6 +60,11 @@ class AnthropicProvider(Provider):
         if request.wants_json:
             assert request.response_format is not None
             forced, wrapped = format_tool(request.response_format)
+            taken, base = {tool["name"] for tool in tools}, forced["name"]
+            for n in range(1, len(taken) + 2):  # a job's own tool of that name keeps it
+                if forced["name"] not in taken:
+                    break
+                forced["name"] = f"{base[:58]}_fmt{n}"
             format_name = forced["name"]
             tools.append(forced)
             # Alone, the format tool is forced; beside the job's own tools, some tool is.

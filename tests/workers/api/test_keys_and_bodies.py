@@ -84,12 +84,12 @@ def test_a_body_that_is_not_json_is_400(http: httpx.Client, key: str) -> None:
 
 def test_a_body_over_the_limit_is_413(http: httpx.Client, key: str) -> None:
     auth = {"authorization": f"Bearer {key}"}
-    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 5_000_000}]})
+    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 9_000_000}]})
     response = http.post("/v1/chat/completions", content=big, headers=auth)
     assert response.status_code == 413 and response.json()["error"]["code"]
 
     def chunks() -> Any:
-        for _ in range(6):
+        for _ in range(10):
             yield b"x" * 1_000_000
 
     streamed = http.post("/v1/chat/completions", content=chunks(), headers=auth)

@@ -5,10 +5,8 @@ messages, JSON Schemas as tool parameters and as response formats, tool names, t
 choice, parallel tool calls, ``json_object``, image parts. Every answer is under 500, and
 every 400 is OpenAI's error shape whose ``param`` points at something the request holds.
 
-A few kinds of request the fleet answers wrongly today are listed in ``FINDINGS``, each
-with a body that shows it. Their explicit tests are strict xfails; the fuzz notes them
-rather than failing, so that it goes on looking for new ones. A fix makes its xfail
-pass, which fails the run: then delete the finding.
+Each kind of refusal the fuzz once found answered wrongly (a 500, a provider's 502, a
+``param`` naming a member of a union) has its explicit test beside the others.
 """
 
 from __future__ import annotations
@@ -16,16 +14,12 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from workers.devstack.simulator._schema_instances import strict_error
 
 Body = dict[str, Any]
 ANTHROPIC = "anthropic/claude-3-haiku"
@@ -111,7 +105,8 @@ def assert_refused_by_name(body: Body, response: httpx.Response) -> None:
         return
     param = error["param"]
     assert isinstance(param, str) and param, (body, response.text)
-    where = param.rsplit(".", 1)[0] if error["code"] == "missing_required_parameter" else param
+    # A missing field is named by its path: the object that lacks it is in the request.
+    where = param if resolves(body, param) else param.rsplit(".", 1)[0]
     assert resolves(body, where), (f"param {param!r} names nothing the request holds", body,
                                    response.text)
 
@@ -119,145 +114,8 @@ def assert_refused_by_name(body: Body, response: httpx.Response) -> None:
 # -- what the fleet answers wrongly today ----------------------------------------------
 
 
-def _tools(body: Body) -> list[Body]:
-    tools = body.get("tools")
-    return [t["function"] for t in tools if isinstance(t, dict)
-            and isinstance(t.get("function"), dict)] if isinstance(tools, list) else []
-
-
-def _schemas(body: Body) -> list[tuple[Any, bool, bool]]:
-    """(schema, strict, checked: does the worker validate answers against it?) of the
-    request's tools and of its json_schema response format."""
-    found = [(f.get("parameters"), f.get("strict") is True, f.get("strict") is True)
-             for f in _tools(body)]
-    rf = body.get("response_format")
-    spec = rf.get("json_schema") if isinstance(rf, dict) else None
-    if isinstance(spec, dict):
-        found.append((spec.get("schema"), spec.get("strict") is True, True))
-    return found
-
-
-def _dangling_ref(schema: Any, root: Any = None) -> bool:
-    """Does ``schema`` hold a $ref that no local JSON pointer resolves?"""
-    root = schema if root is None else root
-    if isinstance(schema, list):
-        return any(_dangling_ref(item, root) for item in schema)
-    if not isinstance(schema, dict):
-        return False
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        node: Any = root
-        if not ref.startswith("#"):
-            return True
-        for part in filter(None, ref[1:].split("/")):
-            if not isinstance(node, dict) or part not in node:
-                return True
-            node = node[part]
-    return any(_dangling_ref(value, root) for value in schema.values())
-
-
-def _texts(body: Body) -> list[Any]:
-    return [m.get("content") for m in body.get("messages", []) if isinstance(m, dict)]
-
-
-def _blank(content: Any) -> bool:
-    if isinstance(content, str):
-        return not content.strip()
-    return isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and not str(p.get("text", "")).strip()
-        for p in content)
-
-
-def _provider_refused(response: httpx.Response) -> bool:
-    return response.status_code == 502 and "HTTP 400" in response.text
-
-
-def _union_tag(response: httpx.Response) -> bool:
-    param = response.json()["error"]["param"] if response.status_code == 400 else None
-    return isinstance(param, str) and any(
-        part in ("str", "none") or "[" in part for part in param.split("."))
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A kind of request the fleet answers wrongly today: ``example`` shows it, ``param``
-    is what its 400 should name (a prefix), ``seen`` tells a fuzzed one of its kind."""
-
-    name: str
-    reason: str
-    example: Body
-    param: str
-    seen: Callable[[Body, httpx.Response], bool]
-
-
-FINDINGS = [
-    Finding("tool-parameters-not-an-object",
-            "tool parameters whose root is not {type: object} pass the fleet's checks: "
-            "OpenAI refuses another type, Anthropic any schema without type object (the "
-            "fleet sends parameters as input_schema unchanged), and without a type the "
-            "model may write arguments that are no object; each ends in a 502",
-            {"tools": [tool("lookup", {"type": "string"})]}, "tools.0.function",
-            lambda body, r: r.status_code == 502 and any(
-                isinstance(f.get("parameters"), dict)
-                and f["parameters"].get("type") != "object" for f in _tools(body))),
-    Finding("strict-schema-openai-refuses",
-            "strict_problem (schemas/chat.py) misses what OpenAI's strict mode refuses: a "
-            "root that is not an object, an object typed [\"object\", \"null\"] left open; "
-            "the request ends in a 502",
-            {"response_format": json_schema({"type": "object", "properties": {"a": {
-                "type": ["object", "null"]}}, "required": ["a"],
-                "additionalProperties": False}, strict=True)},
-            "response_format.json_schema",
-            lambda body, r: _provider_refused(r) and any(
-                strict and strict_error(s) for s, strict, _ in _schemas(body))),
-    Finding("unresolvable-ref",
-            "a $ref that resolves nowhere passes check_json_schema; the worker's answer "
-            "check (workers/pipeline/output.py) then raises and the API answers 500",
-            {"messages": [ask("answer in JSON")], "response_format": json_schema(
-                {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}},
-                 "required": ["a"]})},
-            "response_format.json_schema",
-            lambda body, r: r.status_code == 500 and any(
-                checked and _dangling_ref(s) for s, _, checked in _schemas(body))),
-    Finding("empty-content-parts",
-            "content: [] passes the fleet's checks; OpenAI refuses an empty array, so the "
-            "request ends in a 502",
-            {"messages": [{"role": "user", "content": []}]}, "messages.0.content",
-            lambda body, r: _provider_refused(r) and [] in _texts(body)),
-    Finding("union-branch-in-param",
-            "a bad content part or named tool_choice is reported as the first branch of "
-            "its union: param 'messages.0.content.str' or \"tool_choice.literal['none',...]\", "
-            "message 'Input should be a valid string' (workers/api/errors.py _validation "
-            "takes errors[0] as it is)",
-            {"messages": [{"role": "user", "content": [
-                {"type": "text", "text": "what is it"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]},
-            "messages.0.content.1.image_url.url",
-            lambda body, r: _union_tag(r)),
-    Finding("parallel-tool-calls-named-tool-choice",
-            "parallel_tool_calls without tools is refused as param 'tool_choice', a field "
-            "the request does not hold (schemas/jobs.py _check_tools)",
-            {"parallel_tool_calls": True}, "parallel_tool_calls",
-            lambda body, r: r.status_code == 400 and "tool_choice" not in body
-            and "parallel_tool_calls" in body and r.json()["error"]["param"] == "tool_choice"),
-    Finding("anthropic-blank-text",
-            "on Anthropic models blank text is dropped (anthropic_wire.to_wire); a "
-            "conversation of blank messages goes out empty and is refused there: 502",
-            {"model": ANTHROPIC, "messages": [ask(" ")]}, "messages.0.content",
-            lambda body, r: _provider_refused(r) and body.get("model") == ANTHROPIC
-            and any(_blank(c) for c in _texts(body))),
-]
-
-
 def check(body: Body, response: httpx.Response) -> None:
-    """``assert_refused_by_name``, save for the kinds of FINDINGS (noted instead)."""
     event(f"status {response.status_code}")
-    for finding in FINDINGS:
-        if response.status_code >= 400 and finding.seen(body, response):
-            event(f"known finding {finding.name}")
-            note(f"known finding {finding.name}: {response.status_code} {response.text}")
-            assert_openai_error(response)
-            return
     assert_refused_by_name(body, response)
 
 
@@ -300,7 +158,7 @@ def test_a_strict_schema_with_an_open_object_is_refused(
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     body = {"messages": [ask("answer in JSON")], "response_format": json_schema(schema, True)}
     assert "additionalProperties" in refused(http, key, sim, body,
-                                             "response_format.json_schema")
+                                             "response_format.json_schema.schema")
 
 
 def test_a_tool_name_with_a_space_is_refused(http: httpx.Client, key: str, sim: Any) -> None:
@@ -344,28 +202,78 @@ def test_a_conversation_whose_tool_messages_answer_each_call_once_runs(
     assert "blue" in text and "green" in text
 
 
-def test_an_image_over_5_mb_is_refused_before_anything_runs(
-        http: httpx.Client, key: str, sim: Any) -> None:
+def test_an_image_over_5_mb_is_refused_naming_it(http: httpx.Client, key: str,
+                                                  sim: Any) -> None:
     big = PNG + b"\0" * (5 * 1024 * 1024)
-    response = post(http, key, {"model": "simple", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url("image/png", big)}}]}]})
-    # The HTTP API's 4 MB body limit answers first (README: 413 for a body over 4 MB).
-    assert response.status_code == 413, response.text
-    assert assert_openai_error(response)["code"] == "request_too_large"
-    assert sim.stats()["requests"] == 0
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url("image/png", big)}}]}]}
+    assert "5 MB" in refused(http, key, sim, body, "messages.0.content.0.image_url.url")
 
 
-@pytest.mark.parametrize("finding", [
-    pytest.param(f, id=f.name, marks=pytest.mark.xfail(strict=True, reason=f.reason))
-    for f in FINDINGS])
-def test_known_findings_are_refused_by_name(http: httpx.Client, key: str, sim: Any,
-                                            finding: Finding) -> None:
-    body = {"model": "simple", "messages": [ask()], **finding.example}
-    response = post(http, key, body)
-    assert response.status_code == 400, response.text
-    param = assert_openai_error(response)["param"]
-    assert isinstance(param, str) and param.startswith(finding.param), response.text
-    assert resolves(body, param), response.text
+def test_tool_parameters_of_another_type_than_object_are_refused(
+        http: httpx.Client, key: str, sim: Any) -> None:
+    # Both services take a tool's arguments as one object; OpenAI refuses other roots.
+    message = refused(http, key, sim, {"tools": [tool("lookup", {"type": "string"})]},
+                      "tools.0.function.parameters")
+    assert "object" in message
+    refused(http, key, sim, {"model": ANTHROPIC, "tools": [tool("lookup", {
+        "properties": {"q": {"type": "string"}}})]}, "tools.0.function.parameters")
+
+
+@pytest.mark.parametrize("schema,param,reason", [
+    ({"type": "object", "properties": {"a": {"type": ["object", "null"]}}, "required": ["a"],
+      "additionalProperties": False}, "response_format.json_schema.schema.properties.a",
+     "additionalProperties"),
+    ({"type": "array", "items": {"type": "string"}}, "response_format.json_schema.schema",
+     "root"),
+])
+def test_a_strict_schema_openai_would_refuse_is_refused_here(
+        http: httpx.Client, key: str, sim: Any, schema: Body, param: str, reason: str) -> None:
+    body = {"messages": [ask("answer in JSON")], "response_format": json_schema(schema, True)}
+    assert reason in refused(http, key, sim, body, param)
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/missing", "https://example.com/a.json", "#/x~1y"])
+def test_a_ref_pointing_nowhere_in_the_schema_is_refused(
+        http: httpx.Client, key: str, sim: Any, ref: str) -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}, "required": ["a"]}
+    body = {"messages": [ask("answer in JSON")], "response_format": json_schema(schema)}
+    assert ref in refused(http, key, sim, body, "response_format.json_schema.schema")
+    body = {"tools": [tool("lookup", schema, strict=False)]}
+    refused(http, key, sim, body, "tools.0.function.parameters")
+
+
+def test_a_ref_inside_the_schema_is_answered(http: httpx.Client, key: str, sim: Any) -> None:
+    schema = {"type": "object", "$defs": {"a/b": {"type": "string"}},
+              "properties": {"a": {"$ref": "#/$defs/a~1b"}}, "required": ["a"]}
+    response = post(http, key, {"model": "simple", "messages": [ask("answer in JSON")],
+                                "response_format": json_schema(schema)})
+    assert response.status_code == 200, response.text
+    answer_ = json.loads(response.json()["choices"][0]["message"]["content"])
+    assert isinstance(answer_["a"], str)
+
+
+def test_empty_or_blank_user_content_is_refused(http: httpx.Client, key: str,
+                                                sim: Any) -> None:
+    refused(http, key, sim, {"messages": [{"role": "user", "content": []}]},
+            "messages.0.content")
+    # Anthropic refuses a turn with no text, and any job may fall back to it.
+    refused(http, key, sim, {"model": ANTHROPIC, "messages": [ask(" ")]}, "messages.0.content")
+
+
+def test_a_bad_image_or_tool_choice_is_named_as_the_field_not_a_union_member(
+        http: httpx.Client, key: str, sim: Any) -> None:
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]}
+    assert "base64" in refused(http, key, sim, body, "messages.0.content.1.image_url.url")
+    body = {"tools": [LOOKUP], "tool_choice": {"type": "function", "function": {"nom": "x"}}}
+    refused(http, key, sim, body, "tool_choice.function.name")
+
+
+def test_parallel_tool_calls_without_tools_names_itself(http: httpx.Client, key: str,
+                                                        sim: Any) -> None:
+    refused(http, key, sim, {"parallel_tool_calls": True}, "parallel_tool_calls")
 
 
 # -- fuzzed: messages in any order ---------------------------------------------------------
