@@ -97,11 +97,12 @@ def fleet(fleet_env: dict[str, str]) -> FleetConfig:
 
 
 def start_worker(env: dict[str, str], tiers: str, name: str,
-                 log: Path) -> subprocess.Popen[bytes]:
+                 log: Path, concurrency: int = 16) -> subprocess.Popen[bytes]:
     """A real ``llmfleet worker`` process."""
     out = log.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "worker", "--tiers", tiers, "--concurrency", "16",
+        [sys.executable, "-m", "workers.cli", "worker", "--tiers", tiers, "--concurrency",
+         str(concurrency),
          "--loglevel", "WARNING", "--hostname", f"{name}@%h"],
         env=env, stdout=out, stderr=subprocess.STDOUT)
 

