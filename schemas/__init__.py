@@ -1,5 +1,7 @@
 """The shapes everyone agrees on: jobs, results, errors, the fleet file. No I/O here."""
 
+from schemas.admission import *  # noqa: F403
+from schemas.admission import __all__ as _admission_all
 from schemas.chat import *  # noqa: F403
 from schemas.chat import __all__ as _chat_all
 from schemas.config import *  # noqa: F403
@@ -19,5 +21,5 @@ from schemas.settings import __all__ as _settings_all
 from schemas.streaming import *  # noqa: F403
 from schemas.streaming import __all__ as _streaming_all
 
-__all__ = [*_chat_all, *_config_all, *_durations_all, *_errors_all, *_jobs_all, *_ledger_all,
-           *_outcome_all, *_settings_all, *_streaming_all]
+__all__ = [*_admission_all, *_chat_all, *_config_all, *_durations_all, *_errors_all,
+           *_jobs_all, *_ledger_all, *_outcome_all, *_settings_all, *_streaming_all]

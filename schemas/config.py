@@ -19,11 +19,13 @@ from pydantic import Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError, UnknownModelError, UnknownTierError
 from schemas.sections import (
+    AdmissionConfig,
     BeatConfig,
     BreakerConfig,
     BudgetConfig,
     CacheConfig,
     ExperimentConfig,
+    LimitConfig,
     ModelConfig,
     ProviderConfig,
     RetryConfig,
@@ -33,12 +35,14 @@ from schemas.sections import (
 
 __all__ = [
     "EMBEDDINGS_TIER",
+    "AdmissionConfig",
     "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
     "CacheConfig",
     "ExperimentConfig",
     "FleetConfig",
+    "LimitConfig",
     "ModelConfig",
     "ProviderConfig",
     "RetryConfig",
@@ -65,6 +69,8 @@ class FleetConfig(Section):
     tiers: dict[str, TierConfig]
     budgets: list[BudgetConfig] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
+    limits: list[LimitConfig] = Field(default_factory=list)
+    admission: AdmissionConfig = AdmissionConfig()
     retry: RetryConfig = RetryConfig()
     breaker: BreakerConfig = BreakerConfig()
     beat: BeatConfig = BeatConfig()
@@ -107,6 +113,13 @@ class FleetConfig(Section):
         for i, budget in enumerate(self.budgets):
             if budget.action == "downgrade" and budget.downgrade_to not in self.tiers:
                 raise ValueError(f"budgets[{i}].downgrade_to: a downgrade needs a known tier")
+        if len({limit.name for limit in self.limits}) != len(self.limits):
+            raise ValueError("limits: two limits share a name")
+        for i, limit in enumerate(self.limits):
+            scope, _, target = limit.scope.partition(":")
+            known: dict[str, set[str]] = {"tier": set(self.tiers), "model": set(self.models)}
+            if scope in known and target not in known[scope]:
+                raise ValueError(f"limits[{i}].scope: unknown {scope} {target!r}")
         if len({e.name for e in self.experiments}) != len(self.experiments):
             raise ValueError("experiments: two experiments share a name")
         for i, experiment in enumerate(self.experiments):

@@ -29,6 +29,7 @@ and ``FleetError.from_payload()`` rebuilds the same class with the same fields.
     │   └── StreamInterruptedError     the provider failed after its stream began
     ├── AllModelsFailedError           every model of the chain failed; carries attempts
     ├── BudgetExceededError            a budget would be overshot; names it, its spend, limit
+    ├── RateLimitedError               a rate limit of the fleet refuses the job for now
     ├── WorkerError                    a worker failed in a way none of the above names
     ├── VectorStoreError               the vector store cannot do what was asked
     │   ├── VectorDimensionError       a vector's width is not its collection's
@@ -57,6 +58,7 @@ __all__ = [
     "OutputValidationError", "PgvectorMissingError", "ProviderAuthError",
     "ProviderBadRequestError", "ProviderConnectionError", "ProviderError",
     "ProviderOverloadedError", "ProviderServerError", "ProviderTimeoutError", "RateLimitError",
+    "RateLimitedError",
     "RequestTooLargeError", "RetryableProviderError", "StreamInterruptedError",
     "TemplateError", "TemplateNotFoundError", "TemplateRenderError", "UnknownJobError",
     "UnknownModelError", "UnknownTierError", "VectorDimensionError", "VectorStoreError",
@@ -251,6 +253,21 @@ class BudgetExceededError(FleetError):
     spent_usd: float | None
     limit_usd: float | None
     period: str | None
+
+
+class RateLimitedError(FleetError):
+    """A limit of the fleet (``[[limits]]``, a fleet key's own) refuses the job now:
+    ``limit`` names it, ``kind`` is requests, tokens or concurrency, ``retry_after`` the
+    seconds until the job would fit, ``limit_value`` and ``remaining`` the limit's size
+    and what is left of it."""
+
+    field_names: ClassVar[tuple[str, ...]] = ("limit", "kind", "retry_after", "limit_value",
+                                              "remaining")
+    limit: str | None
+    kind: str | None
+    retry_after: float | None
+    limit_value: int | None
+    remaining: int | None
 
 
 class WorkerError(FleetError):

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.admission import Priority, Ticket
 from schemas.chat import Message, ResponseFormat, Tool, ToolCall, ToolChoice
+from schemas.sections import LimitConfig
 
 __all__ = [
     "MAX_EMBED_TEXTS",
@@ -92,6 +94,14 @@ class _JobBase(_Strict):
     #: Epoch seconds when the job was submitted; latency counts from here. Bounded, so
     #: that no client clock (or hostile message) makes a date Postgres cannot store.
     submitted_at: float = Field(default_factory=time.time, ge=946_684_800, le=4_102_444_800)
+    #: Which of its tier's queues the job waits in (never sent to a provider).
+    priority: Priority = "normal"
+    #: What admission reserved for the job, settled when it ends (set by the fleet).
+    ticket: Ticket | None = None
+    #: The fleet key the job came through (set by the HTTP API), and that key's own
+    #: limits (``key-<id>``), enforced beside the fleet file's.
+    key_id: Name | None = None
+    key_limits: list[LimitConfig] = Field(default_factory=list, max_length=3)
 
     @field_validator("metadata")
     @classmethod

@@ -30,7 +30,13 @@ __all__ = [
     "LEDGER_DEAD_LETTERS",
     "LEDGER_FLUSH_LOCK",
     "LEDGER_SPOOL",
+    "LIMIT_INFLIGHT",
+    "LIMIT_RATE",
+    "LIMIT_STATS",
+    "PARKED",
+    "PARKED_JOBS",
     "PREFIX",
+    "QUOTA_RATE",
     "REQUEST_ATTEMPT",
     "STREAM",
 ]
@@ -123,3 +129,22 @@ DASHBOARD_LOGGED_OUT = PREFIX + "dashboard:logged-out:{nonce}"
 #: limit, that address's attempts answer 429 (``workers.api.auth_guard``). Expires a
 #: window after its first failure.
 AUTH_FAILURES = PREFIX + "auth:failures:{address}"
+
+#: A rate's theoretical arrival time (GCRA, ms on Redis' clock) for one limit (``name``:
+#: a ``[[limits]]`` name, or ``key-<id>`` for a fleet key's own) and ``kind`` (rpm or
+#: tpm); expires once the rate is back to idle.
+LIMIT_RATE = PREFIX + "limit:{name}:{kind}"
+#: The jobs in flight under a limit's ``concurrency``: a sorted set of job ids scored
+#: by their lease's end (ms), so a job whose end never came frees its place then.
+LIMIT_INFLIGHT = PREFIX + "limit:{name}:inflight"
+#: A provider quota's rate, as LIMIT_RATE, per ``owner`` (``model:<name>`` or
+#: ``provider:<name>``) and ``kind`` (rpm or tpm).
+QUOTA_RATE = PREFIX + "quota:{owner}:{kind}"
+#: Counters per limit and quota, "<name>:admitted|delayed|rejected"; no expiry.
+LIMIT_STATS = PREFIX + "limit:stats"
+#: Jobs held until a limit or a quota lets them go: a sorted set of job ids scored by
+#: when they are due (ms); a mover in every worker sends the due ones to their queue,
+#: holding each under a lease (its score pushed ahead) until sent. No expiry.
+PARKED = PREFIX + "parked"
+#: The held jobs' messages (job id -> {"task", "queue", "args"} JSON); no expiry.
+PARKED_JOBS = PREFIX + "parked:jobs"

@@ -36,7 +36,7 @@ def _storable(value: Any) -> Any:
 
 
 _REJECTIONS = ("JobValidationError", "UnknownTierError", "UnknownModelError",
-               "RequestTooLargeError", "BudgetExceededError")
+               "RequestTooLargeError", "BudgetExceededError", "RateLimitedError")
 
 
 class LedgerRow(BaseModel):

@@ -18,7 +18,7 @@ from schemas.errors import FleetError, JobValidationError, WorkerError
 from schemas.jobs import CompletionResult, EmbeddingResult
 
 __all__ = ["decode_batch", "decode_outcome", "describe_errors", "encode_batch", "encode_error",
-           "encode_result", "validation_error"]
+           "encode_parked", "encode_result", "is_parked", "validation_error"]
 
 Result = CompletionResult | EmbeddingResult
 
@@ -41,6 +41,16 @@ def decode_outcome(outcome: Any) -> Result:
     if data.get("kind") == "embedding":
         return EmbeddingResult.model_validate(data)
     return CompletionResult.model_validate(data)
+
+
+def encode_parked(job_id: str) -> dict[str, Any]:
+    """A job that waits for a limit or a quota, parked to be sent again under its id:
+    its answer comes as that job's own result."""
+    return {"ok": False, "parked": job_id}
+
+
+def is_parked(envelope: Any) -> bool:
+    return isinstance(envelope, dict) and isinstance(envelope.get("parked"), str)
 
 
 def encode_batch(envelopes: list[dict[str, Any]]) -> dict[str, Any]:

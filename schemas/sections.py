@@ -1,7 +1,8 @@
 """The sections of the fleet file, one class each: providers, models with prices, tiers
-with model chains, retries, the breaker, beat's intervals, budgets, the cache,
-experiments. ``schemas.config.FleetConfig`` puts them together and checks what refers to
-what; each section checks its own keys (an unknown one is refused)."""
+with model chains, retries, the breaker, beat's intervals, budgets, limits and
+admission, the cache, experiments. ``schemas.config.FleetConfig`` puts them together and
+checks what refers to what; each section checks its own keys (an unknown one is
+refused)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from schemas.errors import ExperimentError
 from schemas.experiments import check_definition
 
 __all__ = [
+    "AdmissionConfig",
     "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
     "CacheConfig",
     "ExperimentConfig",
+    "LimitConfig",
     "ModelConfig",
     "ProviderConfig",
     "RetryConfig",
@@ -41,6 +44,10 @@ class ProviderConfig(Section):
     read_timeout_s: float = Field(default=120.0, gt=0)
     #: Most texts one embeddings request may carry.
     max_batch_inputs: int = Field(default=2048, ge=1)
+    #: The provider's own quota over all its models (requests, tokens per minute): the
+    #: fleet never sends past it, however many workers it has.
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
 
 class ModelConfig(Section):
@@ -55,6 +62,9 @@ class ModelConfig(Section):
     wire_name: str | None = None
     #: Output dimensions, for embedding models.
     dimensions: int | None = Field(default=None, gt=0)
+    #: The provider's quota for this model (requests, tokens per minute).
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
 
 class TierConfig(Section):
@@ -107,6 +117,42 @@ class BudgetConfig(Section):
     alert_threshold: float = Field(default=0.8, gt=0, le=1)
     action: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = None
+
+
+class LimitConfig(Section):
+    """A rate limit (``[[limits]]``): requests and tokens per minute and jobs in flight,
+    over a scope, fleet-wide. Tokens are a job's prompt plus its ``max_tokens``,
+    reserved at submit and settled to what it used. Over the limit, ``reject`` refuses
+    the job (RateLimitedError, HTTP 429) and ``queue`` holds it in Redis until it fits
+    or its timeout passes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    scope: str = Field(default="global",
+                       pattern=r"^(global|(agent|user|key|tier|model):.+)$")
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    mode: Literal["reject", "queue"] = "reject"
+
+    @model_validator(mode="after")
+    def _something(self) -> LimitConfig:
+        if self.rpm is None and self.tpm is None and self.concurrency is None:
+            raise ValueError("a limit needs rpm, tpm or concurrency")
+        return self
+
+
+class AdmissionConfig(Section):
+    """How jobs are admitted (``[admission]``): provider quotas and priorities."""
+
+    #: Provider quotas are spread over the minute: at most this many seconds' worth of
+    #: a quota goes out at once, so a provider that counts per second sees no burst.
+    quota_burst_s: float = Field(default=1.0, gt=0, le=60)
+    #: The share of fetches a worker makes from the low-priority queues first, so low
+    #: jobs move even while high ones keep every slot busy.
+    low_share: float = Field(default=0.1, ge=0, le=0.5)
+    #: A low or normal job reserves provider quota at most this far ahead; beyond it,
+    #: it waits unreserved and looks again, so later high jobs are not queued behind it.
+    reserve_ahead_s: float = Field(default=2.0, gt=0, le=600)
 
 
 class CacheConfig(Section):

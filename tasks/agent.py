@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import CompletionResult, FleetError, MaxStepsExceededError
+from schemas import CompletionResult, FleetError, MaxStepsExceededError, Priority
 from tasks.client import FleetClient
 from tasks.retriever import ContextRetriever
 from tasks.tools import ToolBox, ToolLike, ToolOutcome
@@ -69,11 +69,15 @@ class FleetAgent:
     name: str = "agent"
     tier: str = "simple"
     system_prompt: str | None = None
+    #: The queue priority of the agent's jobs (``high`` for an agent a person waits on).
+    priority: Priority = "normal"
 
     def __init__(self, client: FleetClient | None = None, *, name: str | None = None,
-                 user: str | None = None, tier: str | None = None) -> None:
+                 user: str | None = None, tier: str | None = None,
+                 priority: Priority | None = None) -> None:
         self.name = name or self.name
         self.tier = tier or self.tier
+        self.priority = priority or self.priority
         self.user = user
         self.client = client or FleetClient(agent=self.name)
         self._stats = AgentStats()
@@ -105,6 +109,7 @@ class FleetAgent:
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
         options.setdefault("agent", self.name)
         options.setdefault("user", self.user)
+        options.setdefault("priority", self.priority)
         if "model" not in options:
             options.setdefault("tier", self.tier)
         return options

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas import FleetConfig
-from tasks.names import queue_for
+from tasks.names import priority_queues, queue_for
 
 __all__ = ["celery_settings", "fleet_queues", "visibility_timeout"]
 
@@ -24,9 +24,9 @@ def visibility_timeout(fleet: FleetConfig) -> int:
 
 def fleet_queues(fleet: FleetConfig, tiers: Iterable[str] | None = None) -> list[str]:
     """The queues of ``tiers`` (default: every tier of the fleet file, embeddings
-    included), in the fleet file's order."""
+    included), in the fleet file's order, each tier's highest priority first."""
     chosen = set(fleet.tiers if tiers is None else tiers)
-    return [queue_for(t) for t in fleet.tiers if t in chosen]
+    return [queue for t in fleet.tiers if t in chosen for queue in priority_queues(t)]
 
 
 def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from schemas import (
+    EMBEDDINGS_TIER,
     CompletionJob,
     CompletionResult,
     EmbeddingJob,
@@ -42,7 +43,6 @@ from tasks.names import (
     COMPLETE,
     COMPLETE_BATCH,
     EMBED,
-    EMBEDDINGS_QUEUE,
     EXPERIMENTS_FEEDBACK,
     queue_for,
 )
@@ -142,7 +142,8 @@ class FleetClient:
         hit = self._cache.lookup(job)
         if hit is not None:
             return JobHandle(self, job.job_id, hit, model)
-        self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier), job.job_id)
+        self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier, job.priority),
+                   job.job_id)
         return JobHandle(self, job.job_id, response_model=model)
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
@@ -160,17 +161,18 @@ class FleetClient:
                                 field=f"jobs[{index}].{exc.field}") from None
         hits = {position: hit for position, hit in enumerate(self._cache.lookup_many(built))
                 if hit is not None}
-        by_tier: dict[str, list[int]] = {}
+        by_queue: dict[str, list[int]] = {}
         for position, job in enumerate(built):
             if position not in hits:
-                by_tier.setdefault(job.tier or "", []).append(position)
+                queue = queue_for(job.tier or "", job.priority)
+                by_queue.setdefault(queue, []).append(position)
         parts: list[tuple[str, list[int]]] = []
-        for tier, positions in by_tier.items():
+        for queue, positions in by_queue.items():
             for start in range(0, len(positions), BATCH_SIZE):
                 chunk = positions[start:start + BATCH_SIZE]
                 message_id = "batch-" + built[chunk[0]].job_id
                 payload = [built[p].model_dump(mode="json") for p in chunk]
-                self._send(COMPLETE_BATCH, payload, queue_for(tier), message_id)
+                self._send(COMPLETE_BATCH, payload, queue, message_id)
                 parts.append((message_id, chunk))
         return BatchHandle(self, parts, len(built), hits)
 
@@ -196,7 +198,7 @@ class FleetClient:
         if hit is not None:
             return JobHandle(self, job.job_id, hit, model)
         await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
-                                queue_for(job.tier), job.job_id)
+                                queue_for(job.tier, job.priority), job.job_id)
         return JobHandle(self, job.job_id, response_model=model)
 
     async def acomplete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
@@ -228,7 +230,8 @@ class FleetClient:
         """Enqueue an embedding job on ``llm.embeddings``; ``get()`` returns an
         EmbeddingResult whose ``vectors`` follow the order of ``texts``."""
         job = self._embedding(texts, options)
-        self._send(EMBED, job.model_dump(mode="json"), EMBEDDINGS_QUEUE, job.job_id)
+        self._send(EMBED, job.model_dump(mode="json"), queue_for(job.tier or EMBEDDINGS_TIER,
+                                                                 job.priority), job.job_id)
         return JobHandle(self, job.job_id)
 
     def agent_stats(self, agent: str | None = None, *, since: str | None = None,

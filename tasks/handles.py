@@ -17,6 +17,7 @@ from schemas import (
     OutputValidationError,
     decode_batch,
     decode_outcome,
+    is_parked,
 )
 from tasks._streams import ChunkStream, replayed
 
@@ -93,6 +94,8 @@ class BatchHandle:
             envelopes = decode_batch(outcome, len(positions))
             for position, envelope in zip(positions, envelopes, strict=True):
                 try:
+                    if is_parked(envelope):  # it waited for a limit: its own result
+                        envelope = self._client._waiter.wait(envelope["parked"], timeout)
                     results[position] = decode_outcome(envelope)
                 except FleetError as exc:
                     if not return_exceptions:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import EMBEDDINGS_TIER
+from schemas import EMBEDDINGS_TIER, PRIORITIES, Priority
 
 __all__ = [
     "ADMIN_QUEUE",
@@ -30,6 +30,7 @@ __all__ = [
     "TEMPLATES_GET",
     "TEMPLATES_LIST",
     "TEMPLATES_PUT",
+    "priority_queues",
     "queue_for",
 ]
 
@@ -68,9 +69,15 @@ ADMIN_QUEUE = "llm.admin"
 EMBEDDINGS_QUEUE = f"llm.{EMBEDDINGS_TIER}"
 
 
-def queue_for(tier: str) -> str:
-    """The queue of a tier: ``llm.<tier>``."""
-    return f"llm.{tier}"
+def queue_for(tier: str, priority: Priority = "normal") -> str:
+    """The queue of a tier and priority: ``llm.<tier>`` for normal jobs,
+    ``llm.<tier>.high`` and ``llm.<tier>.low`` for the others."""
+    return f"llm.{tier}" if priority == "normal" else f"llm.{tier}.{priority}"
+
+
+def priority_queues(tier: str) -> list[str]:
+    """A tier's queues, highest priority first."""
+    return [queue_for(tier, p) for p in PRIORITIES]
 
 
 _JOB_TASK: dict[str, Any] = {

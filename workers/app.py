@@ -21,6 +21,7 @@ from tasks.names import (
     PURGE_EXPIRED,
     ROLLUP_METRICS,
 )
+from workers.admission.cycle import PriorityCycle
 from workers.bodies import bind_tasks
 from workers.runtime import close_runtime
 
@@ -32,6 +33,11 @@ def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     # kombu ships no type hints for Queue.
     queues = [*fleet_queues(fleet), ADMIN_QUEUE]
     settings["task_queues"] = [Queue(name) for name in queues]  # type: ignore[no-untyped-call]
+    # High-priority queues first, low ones a share of fetches (workers.admission.cycle).
+    PriorityCycle.low_share = fleet.admission.low_share
+    settings["broker_transport_options"] = {
+        **settings["broker_transport_options"],
+        "queue_order_strategy": f"{PriorityCycle.__module__}:{PriorityCycle.__name__}"}
     every = fleet.beat
     settings["beat_schedule"] = {
         name: {"task": task, "schedule": seconds, "options": {"queue": ADMIN_QUEUE}}

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import redis
 import redis.asyncio as aioredis
+from celery import Celery
 from httpx_aiohttp import AiohttpTransport
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -25,11 +26,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
+from tasks.celery_config import celery_settings
 from workers.accounting.budget_step import BudgetStep
 from workers.accounting.budgets import BudgetLedger
 from workers.accounting.flusher import LedgerFlusher
 from workers.accounting.ledger import LedgerStep
 from workers.accounting.once import OnceStep
+from workers.admission.gate import Admission, Quotas
+from workers.admission.parking import Mover, Parking, Send
 from workers.caching.embeddings import EmbeddingCacheStep
 from workers.caching.step import CacheStep
 from workers.pipeline.attempts import AttemptRunner
@@ -89,9 +93,14 @@ class WorkerRuntime:
         if self.settings.enable_cost_tracking and self.settings.database_url:
             self.flusher = LedgerFlusher(self.redis, async_engine(self.settings.database_url))
             self.flusher.start()
-        return Pipeline(self.fleet, providers, breaker,
-                        AttemptRunner(retry=self.fleet.retry, breaker=breaker),
-                        steps=self._steps())
+        self.admission = Admission(self.redis, self.fleet)
+        self.parking = Parking(self.redis)
+        self._mover = Mover(self.parking, _sender(redis_url, self.fleet))
+        self._mover.start()
+        runner = AttemptRunner(retry=self.fleet.retry, breaker=breaker)
+        if self.admission.has_quotas:
+            runner.quotas = Quotas(self.admission.limiter, self.fleet)
+        return Pipeline(self.fleet, providers, breaker, runner, steps=self._steps())
 
     async def _embed(self, job: EmbeddingJob) -> EmbeddingResult:
         """The pipeline's embedding path, whole: for the semantic cache's questions."""
@@ -117,6 +126,7 @@ class WorkerRuntime:
 
     def close(self) -> None:
         async def _close() -> None:
+            await self._mover.close()
             await self.pipeline.close()
             if self.flusher is not None:
                 await self.flusher.stop()
@@ -131,6 +141,18 @@ class WorkerRuntime:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+def _sender(redis_url: str, fleet: FleetConfig) -> Send:
+    """How parked jobs are sent again: a producer of their own, as an agent's client."""
+    app = Celery("llmfleet-mover", set_as_current=False)
+    app.conf.update(celery_settings(redis_url, redis_url, fleet))
+    app.conf.result_backend = None
+
+    def send(task: str, args: list[Any], queue: str, task_id: str) -> None:
+        app.send_task(task, args=args, queue=queue, task_id=task_id)
+
+    return send
 
 
 _lock = threading.Lock()

@@ -7,16 +7,35 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from schemas import Attempt, ProviderError, RetryConfig
 from workers.pipeline.breaker import Breaker, route_key
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.retry import compute_backoff
 
-__all__ = ["AttemptRunner"]
+__all__ = ["AttemptRunner", "QuotaGate", "QuotaUse"]
 
 T = TypeVar("T")
+
+
+class QuotaGate(Protocol):
+    """The providers' quotas, fleet-wide (``workers.admission``): wait for a model's
+    turn before a call; hold a model's quota off for a 429's Retry-After."""
+
+    async def before_call(self, model: str, tokens: int, job_id: str) -> None: ...
+
+    async def rate_limited(self, model: str, retry_after: float) -> None: ...
+
+
+@dataclass
+class QuotaUse:
+    """A job's use of quotas: its tokens per call, and the model whose first call
+    admission already reserved (taken by that call)."""
+
+    job_id: str
+    tokens: int
+    prepaid: str | None = None
 
 
 @dataclass
@@ -28,12 +47,20 @@ class AttemptRunner:
     breaker: Breaker
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    #: Set when the fleet file gives providers quotas.
+    quotas: QuotaGate | None = None
 
     async def run(self, call: Callable[[], Awaitable[T]], *, model: str, provider: str,
-                  max_retries: int, deadline: Deadline, log: list[Attempt]) -> T:
+                  max_retries: int, deadline: Deadline, log: list[Attempt],
+                  quota: QuotaUse | None = None) -> T:
         route = route_key(provider, model)
         for attempt in range(1, max_retries + 2):
             deadline.check()
+            if self.quotas is not None and quota is not None:
+                if quota.prepaid == model:
+                    quota.prepaid = None
+                else:
+                    await self.quotas.before_call(model, quota.tokens, quota.job_id)
             started = time.perf_counter()
             try:
                 value = await self._bounded(call, deadline)
@@ -43,6 +70,8 @@ class AttemptRunner:
                                    error=type(exc).__name__))
                 if exc.retryable:
                     await self.breaker.record_failure(route)
+                if self.quotas is not None and exc.status_code == 429:
+                    await self.quotas.rate_limited(model, float(exc.retry_after or 1.0))
                 delay = self._delay(exc, attempt, max_retries, deadline)
                 if delay is None:
                     raise

@@ -125,7 +125,7 @@ class Pipeline:
                 completion = await self.runner.run(
                     lambda: provider.complete(request), model=model, provider=provider.name,
                     deadline=ctx.deadline, max_retries=self.fleet.max_retries(ctx.tier),
-                    log=ctx.log)
+                    log=ctx.log, quota=ctx.quota)
                 problem, seen["parsed"] = check_output(job, completion)
                 if problem is None:
                     return completion
@@ -194,7 +194,7 @@ class Pipeline:
                 return await self.runner.run(lambda: provider.embed(request), model=model,
                                              provider=provider.name, deadline=ctx.deadline,
                                              max_retries=self.fleet.max_retries(ctx.tier),
-                                             log=ctx.log)
+                                             log=ctx.log, quota=ctx.quota)
 
             parts = await asyncio.gather(*(one(b) for b in batches))
             known = [p.usage for p in parts if p.usage is not None]

@@ -26,6 +26,7 @@ from schemas import (
     FleetConfig,
     Usage,
 )
+from workers.pipeline.attempts import QuotaUse
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.streams import StreamSink
 
@@ -65,6 +66,8 @@ class JobContext:
     sink: StreamSink | None = None
     #: An agent cancelled the job before it started (seen by ``OnceStep``).
     cancelled: bool = False
+    #: What the job spends of providers' quotas (set when it was admitted under them).
+    quota: QuotaUse | None = None
 
     def __post_init__(self) -> None:
         if not self.primary_model and self.chain:

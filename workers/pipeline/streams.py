@@ -177,7 +177,7 @@ async def stream_call(provider: Provider, request: ChatRequest, runner: AttemptR
 
     delta, iterator = await runner.run(first, model=request.model, provider=provider.name,
                                        max_retries=max_retries, deadline=ctx.deadline,
-                                       log=ctx.log)
+                                       log=ctx.log, quota=ctx.quota)
     try:
         while True:
             assembler.add(delta)
