@@ -164,6 +164,12 @@ fleet_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+    # The key's own limits and queue priority (migration 0008).
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("concurrency", Integer),
+    Column("limit_mode", String(16)),
+    Column("priority", String(16)),
 )
 
 #: Prompt templates, one row per version: a version is never rewritten, so a ledger row

@@ -22,13 +22,16 @@ from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
 from workers.accounting import reports
 from workers.accounting.dead_letters import dead_letter_count
 from workers.accounting.spool import spool_length
+from workers.admission.report import limits_snapshot, parked_jobs
 from workers.api import breakdowns, queries, sessions
 from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, ErrorResponse
+from workers.api.keys import key_limits
 from workers.api.state import ApiState, state_of
 from workers.store import experiments as experiments_store
 
-__all__ = ["admin_session", "health_report", "public_router", "require_admin", "router"]
+__all__ = ["admin_session", "health_report", "limits_report", "public_router",
+           "require_admin", "router"]
 
 PREFIX = "/api/admin/ml-ops"
 TimeRange = Literal["1h", "24h", "7d", "30d"]
@@ -180,6 +183,23 @@ async def experiments(request: Request) -> dict[str, Any]:
     per variant jobs, outcomes, success rate and interval, latency, cost; p-value and
     winner."""
     return await asyncio.to_thread(_experiments, state_of(request))
+
+
+def limits_report(state: ApiState) -> dict[str, Any]:
+    """Every limit and quota with what it holds now (``workers.admission.report``), the
+    fleet keys' own included, and the jobs parked waiting for one."""
+    rows = limits_snapshot(state.redis, state.fleet, key_limits(state.engine))
+    return {"generated_at": reports.utc_now().isoformat(), "limits": rows,
+            "parked_jobs": parked_jobs(state.redis)}
+
+
+@router.get("/limits")
+async def limits(request: Request) -> dict[str, Any]:
+    """The fleet's rate limits (``[[limits]]``, the fleet keys' own ``key-<id>``) and
+    the providers' quotas: per rate or place its size, what it holds now (requests or
+    tokens not yet freed, jobs in flight), mode, and the jobs it rejected and
+    delayed; and the jobs parked waiting. ``llmfleet limits --json`` answers the same."""
+    return await asyncio.to_thread(limits_report, state_of(request))
 
 
 def _breakers(state: ApiState) -> list[dict[str, Any]]:

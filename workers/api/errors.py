@@ -5,11 +5,14 @@ The mapping is one table, most specific class first (as httpx maps httpcore's er
 What a retry cannot fix says ``x-should-retry: false``, which the official SDKs obey
 (they retry 408, 409, 429 and 5xx otherwise): a budget, a rate limit with its
 Retry-After, a job that outlived its wait (a repeat would only start it again; one with
-the same Idempotency-Key attaches to it instead).
+the same Idempotency-Key attaches to it instead). A limit of the fleet's own that fits
+again within a minute says ``x-should-retry: true``, with OpenAI's rate limit headers.
 
     UnknownModelError, UnknownTierError   404  model_not_found
     JobValidationError                    400  invalid_request_error, param = its field
     BudgetExceededError                   429  budget_exceeded, naming the budget
+    RateLimitedError                      429  rate_limit_exceeded, type = its kind
+                                               (requests, tokens, concurrency), naming it
     RateLimitError                        429  rate_limit_exceeded
     JobTimeoutError                       504  timeout
     AllModelsFailedError, ProviderError   502  provider_error
@@ -37,6 +40,7 @@ from schemas import (
     JobTimeoutError,
     JobValidationError,
     ProviderError,
+    RateLimitedError,
     RateLimitError,
     UnknownModelError,
     UnknownTierError,
@@ -44,7 +48,7 @@ from schemas import (
 )
 
 __all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "fleet_error",
-           "install_handlers"]
+           "install_handlers", "reset_duration"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,53 @@ def _budget(exc: BudgetExceededError) -> ApiError:
                     headers=_NO_RETRY)
 
 
+#: The longest Retry-After an SDK is told to wait out on its own (OpenAI's SDKs wait at
+#: most a minute); a longer one says ``x-should-retry: false``.
+_RETRY_WITHIN_S = 60.0
+#: A limit's kind, as OpenAI's rate limit headers name it.
+_HEADER_KIND = {"requests": "requests", "tokens": "tokens"}
+
+
+def reset_duration(seconds: float) -> str:
+    """A wait as OpenAI's ``x-ratelimit-reset-*`` headers write it: 250ms, 1s, 1.5s,
+    6m0s, 1h2m3s."""
+    millis = max(0, math.ceil(seconds * 1000))  # never sooner than it is
+    if millis < 1000:
+        return f"{millis}ms"
+    seconds = millis / 1000
+    whole = math.floor(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes = rest // 60
+    second = f"{seconds - hours * 3600 - minutes * 60:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{second}s"
+    return f"{minutes}m{second}s" if minutes else f"{second}s"
+
+
+def _rate_limited(exc: RateLimitedError) -> ApiError:
+    """A limit of the fleet (``[[limits]]``, a key's own): 429 as OpenAI answers its own
+    (type ``requests`` or ``tokens``, code ``rate_limit_exceeded``), with Retry-After and
+    the limit's ``x-ratelimit-*-requests`` or ``-tokens`` headers."""
+    message = exc.message
+    if exc.limit and exc.limit not in message:
+        message = f"limit {exc.limit!r}: {message}"
+    retry = exc.retry_after
+    headers = {"x-should-retry": "true" if retry is not None and retry <= _RETRY_WITHIN_S
+               else "false"}
+    if retry is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry)))
+    kind = _HEADER_KIND.get(exc.kind or "")
+    if kind is not None:
+        if exc.limit_value is not None:
+            headers[f"x-ratelimit-limit-{kind}"] = str(exc.limit_value)
+        if exc.remaining is not None:
+            headers[f"x-ratelimit-remaining-{kind}"] = str(exc.remaining)
+        if retry is not None:
+            headers[f"x-ratelimit-reset-{kind}"] = reset_duration(retry)
+    return ApiError(429, message, exc.kind or "rate_limit_exceeded", code="rate_limit_exceeded",
+                    headers=headers)
+
+
 def fleet_error(exc: FleetError) -> ApiError:
     """The OpenAI error for a fleet error."""
     if isinstance(exc, UnknownModelError | UnknownTierError):
@@ -98,6 +149,8 @@ def fleet_error(exc: FleetError) -> ApiError:
         return ApiError(400, exc.message, "invalid_request_error", exc.field)
     if isinstance(exc, BudgetExceededError):
         return _budget(exc)
+    if isinstance(exc, RateLimitedError):
+        return _rate_limited(exc)
     if isinstance(exc, RateLimitError):
         headers = dict(_NO_RETRY)
         if exc.retry_after:

@@ -4,7 +4,9 @@ A key reads ``lfk_<key_id>_<secret>``: ``key_id`` (12 hex characters) is public 
 what lists, logs and revocations name; the secret holds 256 random bits. Only the sha256
 of the whole key is stored (a slow hash buys nothing against 256 random bits), so a
 leaked table grants nothing. The key names the agent and user that budgets and the
-ledger see: a caller cannot claim another agent.
+ledger see: a caller cannot claim another agent. It may carry limits of its own
+(requests and tokens per minute, jobs in flight: the limit ``key-<key_id>``, enforced by
+admission beside the fleet file's) and the priority of its jobs.
 """
 
 from __future__ import annotations
@@ -18,15 +20,64 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
 
+from schemas import PRIORITIES, LimitConfig, Priority
 from schemas.tables import fleet_keys
 
-__all__ = ["FleetKey", "KeyVerifier", "create_key", "list_keys", "revoke_key"]
+__all__ = ["LIMIT_MODES", "FleetKey", "KeyLimits", "KeyVerifier", "LimitMode", "create_key",
+           "key_limits", "list_keys", "revoke_key"]
 
 _KEY = re.compile(r"^lfk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+
+_KEYS = fleet_keys
+
+LimitMode = Literal["reject", "queue"]
+LIMIT_MODES: tuple[LimitMode, ...] = get_args(LimitMode)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's own limits (None: no such limit), what happens over them, and the
+    priority of its jobs. Checked when made: a bad value raises ValueError naming it."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    mode: LimitMode = "reject"
+    priority: Priority = "normal"
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "concurrency"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= 2**31 - 1):
+                raise ValueError(f"{name}: a whole number from 1 up, or none (got {value!r})")
+        if self.mode not in LIMIT_MODES:
+            raise ValueError(f"limit mode: one of {', '.join(LIMIT_MODES)} (got {self.mode!r})")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"priority: one of {', '.join(PRIORITIES)} "
+                             f"(got {self.priority!r})")
+
+    @property
+    def limited(self) -> bool:
+        return (self.rpm, self.tpm, self.concurrency) != (None, None, None)
+
+    def config(self, key_id: str) -> LimitConfig | None:
+        """The key's limit as a job carries it (``key-<key_id>``, scope ``key:<key_id>``),
+        or None for a key with no limit."""
+        if not self.limited:
+            return None
+        return LimitConfig(name=f"key-{key_id}", scope=f"key:{key_id}", rpm=self.rpm,
+                           tpm=self.tpm, concurrency=self.concurrency, mode=self.mode)
+
+    @classmethod
+    def of_row(cls, row: RowMapping) -> KeyLimits:
+        return cls(rpm=row["rpm"], tpm=row["tpm"], concurrency=row["concurrency"],
+                   mode=row["limit_mode"] or "reject", priority=row["priority"] or "normal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +88,12 @@ class FleetKey:
     agent: str
     user: str | None
     expires_at: dt.datetime | None
+    limits: KeyLimits = KeyLimits()
+
+    def own_limits(self) -> list[LimitConfig]:
+        """What the key's jobs carry as ``key_limits``: its own limit, if it has one."""
+        config = self.limits.config(self.key_id)
+        return [] if config is None else [config]
 
 
 def _hash(key: str) -> str:
@@ -44,34 +101,57 @@ def _hash(key: str) -> str:
 
 
 def create_key(engine: Engine, agent: str, user: str | None,
-               expires_in: dt.timedelta | None = None) -> tuple[str, str]:
-    """Store a new key for ``agent`` and ``user``; (key_id, key). The key is shown
-    once: only its hash is kept."""
+               expires_in: dt.timedelta | None = None,
+               limits: KeyLimits | None = None) -> tuple[str, str]:
+    """Store a new key for ``agent`` and ``user``, with ``limits`` of its own and its
+    jobs' priority; (key_id, key). The key is shown once: only its hash is kept."""
+    limits = limits or KeyLimits()
     key_id = secrets.token_hex(6)
     key = f"lfk_{key_id}_{secrets.token_urlsafe(32)}"
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as connection:
-        connection.execute(insert(fleet_keys).values(
+        connection.execute(insert(_KEYS).values(
             key_id=key_id, key_hash=_hash(key), agent=agent, user_id=user, created_at=now,
-            expires_at=now + expires_in if expires_in else None))
+            expires_at=now + expires_in if expires_in else None, rpm=limits.rpm,
+            tpm=limits.tpm, concurrency=limits.concurrency, limit_mode=limits.mode,
+            priority=limits.priority))
     return key_id, key
 
 
+_LISTED = ("key_id", "agent", "user_id", "created_at", "expires_at", "revoked_at", "rpm",
+           "tpm", "concurrency", "limit_mode", "priority")
+
+
 def list_keys(engine: Engine) -> list[dict[str, Any]]:
-    """Every key's id, agent, user and dates (never its hash), newest first."""
-    columns = [fleet_keys.c[n] for n in ("key_id", "agent", "user_id", "created_at",
-                                         "expires_at", "revoked_at")]
+    """Every key's id, agent, user, dates, limits and priority (never its hash), newest
+    first."""
+    columns = [_KEYS.c[n] for n in _LISTED]
     with engine.connect() as connection:
-        rows = connection.execute(select(*columns).order_by(fleet_keys.c.created_at.desc()))
+        rows = connection.execute(select(*columns).order_by(_KEYS.c.created_at.desc()))
         return [dict(row) for row in rows.mappings()]
+
+
+def key_limits(engine: Engine) -> list[LimitConfig]:
+    """The own limits of every live key (neither revoked nor expired) that has one,
+    oldest key first: what ``llmfleet limits`` and the admin API report beside the
+    fleet file's."""
+    now = dt.datetime.now(dt.UTC)
+    query = select(_KEYS).where(
+        _KEYS.c.revoked_at.is_(None),
+        or_(_KEYS.c.expires_at.is_(None), _KEYS.c.expires_at > now),
+        or_(_KEYS.c.rpm.is_not(None), _KEYS.c.tpm.is_not(None),
+            _KEYS.c.concurrency.is_not(None))).order_by(_KEYS.c.created_at)
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    configs = (KeyLimits.of_row(row).config(row["key_id"]) for row in rows)
+    return [config for config in configs if config is not None]
 
 
 def revoke_key(engine: Engine, key_id: str) -> bool:
     """Revoke a key by its id; False when no live key has that id."""
     with engine.begin() as connection:
         result = connection.execute(
-            update(fleet_keys).where(fleet_keys.c.key_id == key_id,
-                                     fleet_keys.c.revoked_at.is_(None))
+            update(_KEYS).where(_KEYS.c.key_id == key_id, _KEYS.c.revoked_at.is_(None))
             .values(revoked_at=dt.datetime.now(dt.UTC)))
     return result.rowcount > 0
 
@@ -144,7 +224,7 @@ class KeyVerifier:
                 self._wrong.popitem(last=False)
 
     def _lookup(self, key_id: str, digest: str) -> FleetKey | None:
-        query = select(fleet_keys).where(fleet_keys.c.key_id == key_id)
+        query = select(_KEYS).where(_KEYS.c.key_id == key_id)
         with self._engine.connect() as connection:
             row = connection.execute(query).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], digest):
@@ -155,4 +235,4 @@ class KeyVerifier:
         if expires is not None and expires <= dt.datetime.now(dt.UTC):
             return None
         return FleetKey(key_id=key_id, agent=row["agent"], user=row["user_id"],
-                        expires_at=expires)
+                        expires_at=expires, limits=KeyLimits.of_row(row))

@@ -43,9 +43,11 @@ from workers.accounting.budgets import NANO, budget_key, counter_figures, period
 from workers.accounting.counters import LATENCY_BUCKETS_S
 from workers.accounting.dead_letters import dead_letter_count
 from workers.accounting.spool import spool_length
+from workers.admission.report import limits_snapshot, parked_jobs
 from workers.api import queries
 from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, ErrorResponse
+from workers.api.keys import key_limits
 from workers.api.state import ApiState, state_of
 
 __all__ = ["LATENCY_BUCKETS_S", "FleetCollector", "metrics_router", "require_metrics_token"]
@@ -148,6 +150,7 @@ class FleetCollector(Collector):
                                 "Ledger rows Postgres refused, set aside for an operator.",
                                 value=dead_letter_count(state.redis))
         yield from self._budgets()
+        yield from self._limits()
 
     def _budgets(self) -> Iterator[Metric]:
         """Settled spend from the budgets' fast counters in Redis (beat repairs them from
@@ -170,6 +173,40 @@ class FleetCollector(Collector):
             limit.add_metric(labels, budget.limit_usd)
         yield spend
         yield limit
+
+
+    def _limits(self) -> Iterator[Metric]:
+        """Every limit and quota (the fleet keys' own included) as ``llmfleet limits``
+        has them: size and use per kind, rejected and delayed jobs per limit; and the
+        jobs parked. With Postgres down, the keys' own limits are left out."""
+        state = self._state
+        try:
+            keys = key_limits(state.engine)
+        except (SQLAlchemyError, OSError):
+            keys = []
+        rows = limits_snapshot(state.redis, state.fleet, keys)
+        size = GaugeMetricFamily("llmfleet_limit", "A limit's or a provider quota's size: "
+                                 "per minute (rpm, tpm) or jobs in flight (concurrency).",
+                                 labels=["limit", "kind"])
+        used = GaugeMetricFamily("llmfleet_limit_used", "What a limit holds now: requests "
+                                 "or tokens not yet freed (a limit frees them at its "
+                                 "rate), or jobs in flight.",
+                                 labels=["limit", "kind"])
+        rejected = CounterMetricFamily("llmfleet_limit_rejected", "Jobs a limit refused.",
+                                       labels=["limit"])
+        delayed = CounterMetricFamily("llmfleet_limit_delayed", "Jobs a limit held back "
+                                      "(parked until they fit).", labels=["limit"])
+        counted: set[str] = set()
+        for row in rows:
+            size.add_metric([row["name"], row["kind"]], row["limit"])
+            used.add_metric([row["name"], row["kind"]], row["used"])
+            if row["name"] not in counted:  # the counters are per limit, not per kind
+                counted.add(row["name"])
+                rejected.add_metric([row["name"]], row["rejected"])
+                delayed.add_metric([row["name"]], row["delayed"])
+        yield from (size, used, rejected, delayed)
+        yield GaugeMetricFamily("llmfleet_parked_jobs", "Jobs parked in Redis until a limit "
+                                "or a quota lets them go.", value=parked_jobs(state.redis))
 
 
 async def require_metrics_token(request: Request,

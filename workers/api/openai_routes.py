@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
-from schemas import EMBEDDINGS_TIER, CompletionResult, EmbeddingResult, FleetConfig
+from schemas import EMBEDDINGS_TIER, PRIORITIES, CompletionResult, EmbeddingResult, FleetConfig
 from tasks import JobHandle
 from workers.api import idempotency
 from workers.api.auth_guard import auth_guard, client_address
@@ -36,7 +36,7 @@ from workers.api.openai_models import (
 from workers.api.openai_stream import stream_response
 from workers.api.state import ApiState, state_of
 
-__all__ = ["fleet_key", "resolve_model", "router"]
+__all__ = ["admission_fields", "fleet_key", "resolve_model", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,26 @@ def _timeout(value: str | None, default: float) -> float:
     return seconds
 
 
+def admission_fields(caller: FleetKey, priority: str | None) -> dict[str, Any]:
+    """What a request's job carries for admission: the key it came through, the key's
+    own limit (``key-<id>``) and its priority: the key's, or a lower one that
+    ``x-llmfleet-priority`` asks for (a caller may yield, never jump the queue its key
+    was given); 400 naming the header for anything else."""
+    chosen: str = caller.limits.priority
+    if priority is not None:
+        asked = priority.strip().lower()
+        if asked not in PRIORITIES:
+            raise ApiError(400, f"x-llmfleet-priority: one of {', '.join(PRIORITIES)} "
+                           f"(got {priority[:40]!r})", param="x-llmfleet-priority",
+                           code="invalid_value")
+        if PRIORITIES.index(asked) < PRIORITIES.index(chosen):
+            raise ApiError(400, f"x-llmfleet-priority: {asked!r} is above this key's "
+                           f"priority ({chosen!r})", param="x-llmfleet-priority",
+                           code="invalid_value")
+        chosen = asked
+    return {"key_id": caller.key_id, "priority": chosen, "key_limits": caller.own_limits()}
+
+
 def _fleet_headers(response: Response, result: CompletionResult | EmbeddingResult) -> None:
     response.headers.update({
         "x-llmfleet-cost-usd": f"{result.cost_usd:.9f}",
@@ -123,6 +143,10 @@ def _job_options(body: ChatCompletionRequest) -> dict[str, Any]:
 
 Timeout = Annotated[str | None, Header(alias="x-llmfleet-timeout",
                                        description="Seconds to wait for the job (60).")]
+JobPriority = Annotated[str | None, Header(
+    alias="x-llmfleet-priority",
+    description="high, normal or low: which of its tier's queues the job waits in "
+                "(default: the key's priority).")]
 
 
 IdempotencyKey = Annotated[str | None, Header(
@@ -176,18 +200,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
                            caller: Caller, timeout: Timeout = None,
                            idempotency_key: IdempotencyKey = None,
                            retry_count: RetryCount = None,
-                           last_event_id: LastEventId = None) -> Any:
+                           last_event_id: LastEventId = None,
+                           priority: JobPriority = None) -> Any:
     """One completion job on the tier or model named by ``model``; with ``stream:
     true``, its answer as server-sent events in OpenAI's chunk format."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=False)
     seconds = _timeout(timeout, state.default_timeout_s)
+    admission = admission_fields(caller, priority)
     messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
 
     async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
         return await state.client.asubmit(
             messages, timeout=job_timeout, agent=caller.agent, user=caller.user,
-            job_id=job_id, stream=bool(body.stream), **route, **_job_options(body))
+            job_id=job_id, stream=bool(body.stream), **route, **_job_options(body),
+            **admission)
 
     fingerprint = body.model_dump(mode="json", exclude_none=True)
     if body.stream:
@@ -229,16 +256,19 @@ def _encode(vector: list[float], fmt: str | None) -> list[float] | str:
 async def embeddings(body: EmbeddingRequest, request: Request, response: Response,
                      caller: Caller, timeout: Timeout = None,
                      idempotency_key: IdempotencyKey = None,
-                     retry_count: RetryCount = None) -> EmbeddingResponse:
+                     retry_count: RetryCount = None,
+                     priority: JobPriority = None) -> EmbeddingResponse:
     """One embedding job on ``llm.embeddings``; vectors in the order of ``input``."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=True)
     seconds = _timeout(timeout, state.default_timeout_s)
+    admission = admission_fields(caller, priority)
 
     async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
         return await asyncio.to_thread(
             state.client.embed, body.input, agent=caller.agent, user=caller.user,
-            dimensions=body.dimensions, timeout=job_timeout, job_id=job_id, **route)
+            dimensions=body.dimensions, timeout=job_timeout, job_id=job_id, **route,
+            **admission)
 
     result: EmbeddingResult = await _run_once(
         state, caller, body.model_dump(mode="json", exclude_none=True), seconds,

@@ -42,6 +42,7 @@ from workers.accounting.ledger import error_row, rejected_row
 from workers.accounting.spool import spool_row
 from workers.admission.gate import Parked
 from workers.pipeline.steps import JobContext
+from workers.pipeline.streams import StreamSink
 from workers.runtime import WorkerRuntime, get_runtime
 
 Job = CompletionJob | EmbeddingJob
@@ -63,6 +64,7 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> di
         row = rejected_row(payload, error)
         if row is not None and runtime.settings.enable_cost_tracking:
             await spool_row(runtime.redis, row)
+        await _end_stream(runtime, payload, error)
         return encode_error(error)
     ticket = None
     if runtime.admission.applies(ctx):
@@ -71,6 +73,7 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> di
         except RateLimitedError as exc:
             if runtime.settings.enable_cost_tracking:
                 await spool_row(runtime.redis, error_row(ctx, exc))
+            await _end_stream(runtime, payload, exc)
             return encode_error(exc)
         if isinstance(verdict, Parked):
             await _park(runtime, job, ctx.tier, verdict)
@@ -88,6 +91,14 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> di
         if ticket is not None:
             await _settle(runtime, ticket, ctx, result)
     return encode_result(result.labelled(job.metadata))
+
+
+async def _end_stream(runtime: WorkerRuntime, payload: Any, error: FleetError) -> None:
+    """A streamed job refused before its pipeline: its readers get the error as the
+    stream's last chunk (the pipeline's stream step writes it for every other end)."""
+    if isinstance(payload, dict) and payload.get("stream") is True \
+            and isinstance(payload.get("job_id"), str) and 8 <= len(payload["job_id"]) <= 64:
+        await StreamSink(runtime.redis, payload["job_id"]).finish(encode_error(error), None)
 
 
 async def _park(runtime: WorkerRuntime, job: Job, tier: str, parked: Parked) -> None:

@@ -1,10 +1,12 @@
 """``llmfleet api`` and ``llmfleet keys``: serve the HTTP API; make, list and revoke the
-fleet keys its callers present. Registered on the main group by ``workers.cli``."""
+fleet keys its callers present, with limits of their own and a priority. Registered on
+the main group by ``workers.cli``."""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import cast
 
 import click
 
@@ -55,20 +57,42 @@ def api_command(host: str, port: int, processes: int, log_level: str) -> None:
 
 @click.group("keys")
 def keys_group() -> None:
-    """Fleet keys of the HTTP API: each names the agent and user budgets see."""
+    """Fleet keys of the HTTP API: each names the agent and user budgets see, and may
+    carry limits of its own and the priority of its jobs."""
+
+
+_LIMIT = click.IntRange(1, 2**31 - 1)
 
 
 @keys_group.command("create")
 @click.option("--agent", required=True, help="The agent the ledger and budgets see.")
 @click.option("--user", default=None, help="The user the ledger and budgets see.")
 @click.option("--expires", default=None, help="Lifetime such as 30d, 12h, 2w (default: none).")
+@click.option("--rpm", type=_LIMIT, default=None,
+              help="The key's own limit: requests per minute (default: none).")
+@click.option("--tpm", type=_LIMIT, default=None,
+              help="The key's own limit: tokens per minute, a job's prompt and max_tokens "
+                   "(default: none).")
+@click.option("--concurrency", type=_LIMIT, default=None,
+              help="The key's own limit: jobs in flight at once (default: none).")
+@click.option("--limit-mode", type=click.Choice(["reject", "queue"]), default=None,
+              help="Over the key's limit: reject (HTTP 429 with Retry-After, the default) "
+                   "or queue (the job waits until it fits or its timeout passes).")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal",
+              show_default=True, help="Which of its tier's queues the key's jobs wait in; a "
+                                      "request may name another (x-llmfleet-priority).")
 @click.option("--json", "as_json", is_flag=True)
-def create(agent: str, user: str | None, expires: str | None, as_json: bool) -> None:
-    """Make a key. It is printed once: only its hash is stored."""
+def create(agent: str, user: str | None, expires: str | None, rpm: int | None,
+           tpm: int | None, concurrency: int | None, limit_mode: str | None, priority: str,
+           as_json: bool) -> None:
+    """Make a key. It is printed once: only its hash is stored.
+
+    With --rpm, --tpm or --concurrency the key has a limit of its own, `key-<key id>`,
+    enforced fleet-wide beside the fleet file's [[limits]] (see `llmfleet limits`)."""
     from pydantic import ValidationError
 
-    from schemas import CompletionJob, parse_duration, validation_error
-    from workers.api.keys import create_key
+    from schemas import CompletionJob, Priority, parse_duration, validation_error
+    from workers.api.keys import KeyLimits, LimitMode, create_key
 
     try:  # the names must be ones a job may carry
         CompletionJob.model_validate({"messages": [{"role": "user", "content": "x"}],
@@ -79,20 +103,38 @@ def create(agent: str, user: str | None, expires: str | None, as_json: bool) -> 
         lifetime = parse_duration(expires) if expires else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires") from None
-    key_id, key = create_key(database_engine(), agent, user, lifetime)
+    if limit_mode is not None and (rpm, tpm, concurrency) == (None, None, None):
+        raise click.BadParameter("a limit mode needs a limit: add --rpm, --tpm or "
+                                 "--concurrency", param_hint="--limit-mode")
+    limits = KeyLimits(rpm=rpm, tpm=tpm, concurrency=concurrency,
+                       mode=cast(LimitMode, limit_mode or "reject"),
+                       priority=cast(Priority, priority))
+    key_id, key = create_key(database_engine(), agent, user, lifetime, limits)
     if as_json:
-        click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user}))
+        click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user,
+                               "rpm": rpm, "tpm": tpm, "concurrency": concurrency,
+                               "limit_mode": limits.mode, "priority": priority}))
         return
     click.echo(key)
     click.secho(f"key id {key_id} for agent {agent!r}, user {user!r}"
-                f"{f', expires in {expires}' if expires else ''}. Keep the key: it is not "
-                "shown again.", fg="cyan", err=True)
+                f"{f', expires in {expires}' if expires else ''}; limits: "
+                f"{_limits_text(limits.rpm, limits.tpm, limits.concurrency, limits.mode)}; "
+                f"priority {priority}. Keep the key: it is not shown again.", fg="cyan",
+                err=True)
+
+
+def _limits_text(rpm: int | None, tpm: int | None, concurrency: int | None,
+                 mode: str | None) -> str:
+    parts = [f"{value} {unit}" for value, unit in ((rpm, "rpm"), (tpm, "tpm"),
+                                                   (concurrency, "in flight"))
+             if value is not None]
+    return f"{', '.join(parts)} ({mode or 'reject'})" if parts else "none"
 
 
 @keys_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json: bool) -> None:
-    """Every key's id, agent, user, dates and state (never the key)."""
+    """Every key's id, agent, user, dates, state, limits and priority (never the key)."""
     from workers.api.keys import list_keys
 
     rows = list_keys(database_engine())
@@ -102,9 +144,11 @@ def list_command(as_json: bool) -> None:
     for row in rows:
         state = "revoked" if row["revoked_at"] else "active"
         expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        limits = _limits_text(row["rpm"], row["tpm"], row["concurrency"], row["limit_mode"])
         click.echo(f"{row['key_id']}  {state:8} agent={row['agent']} "
                    f"user={row['user_id'] or '-'} created={row['created_at']:%Y-%m-%d} "
-                   f"expires={expires}")
+                   f"expires={expires} limits={limits} "
+                   f"priority={row['priority'] or 'normal'}")
 
 
 @keys_group.command("revoke")

@@ -41,11 +41,12 @@ def _add_commands() -> None:
     from workers.cli.experiments import experiments_group
     from workers.cli.fleet import FLEET_COMMANDS
     from workers.cli.ledger import ledger_group
+    from workers.cli.limits import limits_command
     from workers.cli.reports import REPORT_COMMANDS
     from workers.cli.templates import templates_group
 
     for command in [*FLEET_COMMANDS, *REPORT_COMMANDS, api_command, keys_group, templates_group,
-                    experiments_group, ledger_group]:
+                    experiments_group, ledger_group, limits_command]:
         cli.add_command(command)
 
 

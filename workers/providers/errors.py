@@ -21,7 +21,8 @@ from schemas import (
 
 __all__ = ["body_text", "error_for_status", "parse_retry_after", "redact"]
 
-_KEY_LIKE = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9_\-]{6,}")
+#: (A fleet key's own limit, ``key-<12 hex>``, names the key's public id: not masked.)
+_KEY_LIKE = re.compile(r"\b(sk|pk|key)-(?![0-9a-f]{12}\b)[A-Za-z0-9_\-]{6,}")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

@@ -270,6 +270,26 @@ export function alerts(page) {
     : 'No budget alerts yet: beat (`llmfleet beat`) records one when a budget passes its alert threshold.');
 }
 
+const LIMIT_UNITS = { rpm: '/min', tpm: ' tokens/min', concurrency: ' in flight' };
+
+export function limits(report) {
+  const rows = report.limits.map((l) => {
+    const share = l.used / l.limit;
+    return [l.name, l.scope, l.kind, l.used.toLocaleString('en'),
+      `${l.limit.toLocaleString('en')}${LIMIT_UNITS[l.kind] ?? ''}`,
+      badge(pct(share), share >= 1 ? 'bad' : share >= 0.8 ? 'warn' : 'ok'), l.mode,
+      l.rejected.toLocaleString('en'), l.delayed.toLocaleString('en')];
+  });
+  const parked = report.parked_jobs;
+  $('limit-figures').replaceChildren(el('span', { class: 'big' }, String(parked)),
+    parked === 1 ? ' job parked' : ' jobs parked', ', waiting for a limit or a quota');
+  table($('table-limits'), ['Limit', 'Scope', 'Kind', 'Used', 'Size', 'Share', 'Mode',
+    'Rejected', 'Delayed'], rows);
+  $('table-limits').hidden = !rows.length;
+  mark('limits', rows.length ? undefined
+    : 'No limits: add `[[limits]]` to the fleet file (rpm, tpm, concurrency), give a fleet key its own (`llmfleet keys create --rpm 60`), or a model or provider an rpm / tpm quota.');
+}
+
 function healthItem(name, kind, detail) {
   return el('li', { class: kind }, el('span', { class: 'dot', 'aria-hidden': 'true' }),
     el('strong', {}, name), el('span', {}, detail));

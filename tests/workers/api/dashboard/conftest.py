@@ -25,7 +25,7 @@ from schemas.tables import budget_alerts
 from tasks import FleetClient
 from tests.conftest import stop_process, wait_until
 from tests.workers.api.conftest import ADMIN_KEY, DASH_BUDGET
-from workers.api.keys import create_key
+from workers.api.keys import KeyLimits, create_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[4]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 PANELS = ["throughput", "latency", "cost-model", "cache", "agents", "users", "budgets",
-          "queues", "experiments", "health", "alerts"]
+          "queues", "experiments", "health", "alerts", "limits"]
 CHARTS = ["throughput", "latency", "cost-model", "cache", "agents", "users", "budgets",
           "queues", "experiments"]
 DATA_PAGES = ["overview", "metrics?time_range=24h", "spend?time_range=24h", "costs",
-              "experiments", "alerts", "fleet", "stats"]
+              "experiments", "alerts", "fleet", "stats", "limits"]
 
 
 # -- chromium ------------------------------------------------------------------------
@@ -135,13 +135,14 @@ def _experiment(redis_url: str, fleet: FleetConfig) -> str:
 @pytest.fixture(scope="module")
 def fleet_data(api_url: str, engine: Engine, api_fleet: FleetConfig, redis_url: str,
                simulator: Any, spool_empty: Any, beat: None) -> dict[str, Any]:
-    """Jobs of two agents (one past its budget's alert threshold), a cache hit, a job
-    refused by a budget, and an experiment; then the ledger and beat caught up."""
+    """Jobs of two agents (one past its budget's alert threshold, its key with a limit
+    of its own), a cache hit, a job refused by a budget, and an experiment; then the
+    ledger and beat caught up."""
     simulator.configure(latency_ms=40, jitter_ms=30, error_rate=0, rate_limit_rate=0,
                         fail_models={}, known_models=None, context_limits={},
                         omit_usage=False)
     try:
-        coder = create_key(engine, "dash-coder", "alice")[1]
+        coder = create_key(engine, "dash-coder", "alice", limits=KeyLimits(rpm=1000))[1]
         planner = create_key(engine, "dash-planner", "bob")[1]
         broke = create_key(engine, "broke", "carol")[1]
         _chat(api_url, coder, [f"write parser {i} {uuid.uuid4().hex}" for i in range(8)])
