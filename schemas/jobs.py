@@ -102,6 +102,9 @@ class _JobBase(_Strict):
     #: limits (``key-<id>``), enforced beside the fleet file's.
     key_id: Name | None = None
     key_limits: list[LimitConfig] = Field(default_factory=list, max_length=3)
+    #: The channel of the client that waits for it: the worker publishes the outcome
+    #: there (only a client's reply channel may be named).
+    reply_to: str | None = Field(default=None, pattern=r"^llmfleet:reply:[0-9a-f]{32}$")
 
     @field_validator("metadata")
     @classmethod

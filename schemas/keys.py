@@ -14,18 +14,15 @@ __all__ = [
     "BREAKER_OPEN",
     "BUDGET",
     "BUDGET_SETTLED",
-    "CACHE_DONE",
     "CACHE_EMBEDDING",
     "CACHE_ENTRY",
     "CACHE_LOCK",
     "CACHE_LRU",
     "CACHE_SEMANTIC",
-    "CACHE_WAKE",
     "CANCEL",
     "DASHBOARD_LOGGED_OUT",
     "IDEMPOTENCY",
-    "JOB_CLAIM",
-    "JOB_DONE",
+    "JOB_STATE",
     "JOB_WAKE",
     "LEDGER_DEAD_LETTERS",
     "LEDGER_FLUSH_LOCK",
@@ -36,7 +33,9 @@ __all__ = [
     "PARKED",
     "PARKED_JOBS",
     "PREFIX",
+    "QUOTA_HOLD",
     "QUOTA_RATE",
+    "REPLY",
     "REQUEST_ATTEMPT",
     "STREAM",
 ]
@@ -64,9 +63,20 @@ LEDGER_FLUSH_LOCK = PREFIX + "ledger:flush-lock"
 #: kept apart so that every other row lands; no expiry: an operator lists them with
 #: `llmfleet ledger dead-letters` and moves them back with `llmfleet ledger replay`.
 LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
-#: The outcome envelope of a finished job, so that a redelivered job is answered
-#: without a second provider call; expires with Celery's results (24 h).
-JOB_DONE = PREFIX + "done:{job_id}"
+#: A job's state: ``run:<token>`` while a delivery runs it (a lease its worker renews,
+#: expiring 15 s after that worker stops renewing it, so a second delivery waits for
+#: the first's outcome and takes over only from a dead worker); ``cancelled`` when an
+#: agent cancelled it before it started (an hour); then its outcome envelope (JSON, a
+#: day), which answers waiters, redeliveries and identical jobs that followed it.
+JOB_STATE = PREFIX + "job:{job_id}"
+#: Pub/sub channel (not a key) published when a job's outcome is stored: wakes a
+#: second delivery, the jobs that followed it, and agents waiting for a job they did not
+#: send.
+JOB_WAKE = PREFIX + "job-wake:{job_id}"
+#: Pub/sub channel (not a key) of one client: every job it sends names it, and the
+#: worker publishes the job's outcome there (``<len(job id)>:<job id><outcome JSON>``),
+#: so one subscription answers all of a client's waits.
+REPLY = PREFIX + "reply:{client}"
 #: The request body's hash first sent with an Idempotency-Key (``key`` is the key's
 #: sha256) by a fleet key (``key_id``); its job's id derives from both. Expires after
 #: 24 h, with the job's result (``workers.api.idempotency``).
@@ -80,12 +90,6 @@ STREAM = PREFIX + "stream:{job_id}"
 #: Set by an agent that cancels a job; the job's worker refuses it before it starts, or
 #: stops it in flight within a second. Expires after an hour.
 CANCEL = PREFIX + "cancel:{job_id}"
-#: Held (a token) by the delivery of a job that is running it, renewed while it runs;
-#: expires 15 s after its worker stops renewing it, so a second delivery waits for the
-#: first's outcome and takes over only from a dead worker.
-JOB_CLAIM = PREFIX + "claim:{job_id}"
-#: Pub/sub channel (not a key) on which a job's holder wakes a second delivery waiting.
-JOB_WAKE = PREFIX + "claim-wake:{job_id}"
 
 #: A budget's fast counter for one period (``period`` is its start, ISO): a hash with
 #: ``spent`` (nano-USD) and one ``r:<job_id>`` field per live reservation
@@ -102,15 +106,11 @@ CACHE_ENTRY = PREFIX + "cache:entry:{key}"
 #: clock); beyond CACHE_MAX_SIZE members the least recently used entries are deleted.
 #: Expires CACHE_TTL_SECONDS after the last write (every entry has expired by then).
 CACHE_LRU = PREFIX + "cache:lru"
-#: Held (a token) by the one job calling a provider for a cache key while identical jobs
-#: wait; expires after 5 s unless its holder refreshes it, so a dead holder's followers
-#: take over.
+#: Held (its job's id) by the one job calling a provider for a cache key while identical
+#: jobs follow it (reading its JOB_STATE, woken on its JOB_WAKE); expires 5 s after its
+#: holder last refreshed it, so a dead holder's followers take over, and until then a
+#: job just like a finished holder takes that holder's answer.
 CACHE_LOCK = PREFIX + "cache:lock:{key}"
-#: The outcome a lock holder (``token``) leaves for its followers: {"ok": true,
-#: "answer": ...} or {"ok": false}; expires after 60 s.
-CACHE_DONE = PREFIX + "cache:done:{key}:{token}"
-#: Pub/sub channel (not a key; nothing to expire) on which a holder wakes its followers.
-CACHE_WAKE = PREFIX + "cache:wake:{key}"
 #: The semantic cache of one scope (model, sampling, max_tokens and the conversation
 #: before its last user message): a hash of CACHE_ENTRY key -> embedding (float32
 #: bytes); expires CACHE_TTL_SECONDS after its last write.
@@ -140,6 +140,9 @@ LIMIT_INFLIGHT = PREFIX + "limit:{name}:inflight"
 #: A provider quota's rate, as LIMIT_RATE, per ``owner`` (``model:<name>`` or
 #: ``provider:<name>``) and ``kind`` (rpm or tpm).
 QUOTA_RATE = PREFIX + "quota:{owner}:{kind}"
+#: Present while a provider's 429 holds a quota's ``owner`` off (its Retry-After):
+#: calls already admitted wait for it too.
+QUOTA_HOLD = PREFIX + "quota:{owner}:hold"
 #: Counters per limit and quota, "<name>:admitted|delayed|rejected"; no expiry.
 LIMIT_STATS = PREFIX + "limit:stats"
 #: Jobs held until a limit or a quota lets them go: a sorted set of job ids scored by

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from schemas.errors import FleetError, JobValidationError, WorkerError
 from schemas.jobs import CompletionResult, EmbeddingResult
 
-__all__ = ["decode_batch", "decode_outcome", "describe_errors", "encode_batch", "encode_error",
-           "encode_parked", "encode_result", "is_parked", "validation_error"]
+__all__ = ["decode_outcome", "describe_errors", "encode_error", "encode_result",
+           "validation_error"]
 
 Result = CompletionResult | EmbeddingResult
 
@@ -41,30 +41,6 @@ def decode_outcome(outcome: Any) -> Result:
     if data.get("kind") == "embedding":
         return EmbeddingResult.model_validate(data)
     return CompletionResult.model_validate(data)
-
-
-def encode_parked(job_id: str) -> dict[str, Any]:
-    """A job that waits for a limit or a quota, parked to be sent again under its id:
-    its answer comes as that job's own result."""
-    return {"ok": False, "parked": job_id}
-
-
-def is_parked(envelope: Any) -> bool:
-    return isinstance(envelope, dict) and isinstance(envelope.get("parked"), str)
-
-
-def encode_batch(envelopes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"ok": True, "batch": envelopes}
-
-
-def decode_batch(outcome: Any, size: int) -> list[dict[str, Any]]:
-    """The ``size`` envelopes of a batch message's outcome, in order; raises the error
-    the outcome carries instead, or WorkerError when it is malformed."""
-    envelopes = outcome.get("batch") if isinstance(outcome, dict) else None
-    if not isinstance(envelopes, list) or len(envelopes) != size:
-        decode_outcome(outcome)  # raises the error the message carries, if it is one
-        raise WorkerError(f"malformed batch result: {str(outcome)[:200]}")
-    return envelopes
 
 
 #: A union member pydantic names by its class (``NamedToolChoice``); no field is so named.

@@ -1,9 +1,9 @@
 """The client's cache short-circuit: a repeated question answered before it is queued.
 
-A hit costs one Redis round trip (the lookup script that also marks the entry used)
-and one RPUSH of its ledger row, instead of a Celery message, a worker slot and the
-result backend. The key comes from ``schemas.cache_key``, exactly as the worker's
-``CacheStep`` computes it. Writing is the worker's business: a miss here simply goes to
+A lookup is one MGET, for one job or many; a hit then costs one more round trip that
+marks it used in the LRU index and spools its ledger row, instead of a Celery message, a
+worker slot and a result. The key comes from ``schemas.cache_key``, exactly as the
+worker's ``CacheStep`` computes it. Writing is the worker's business: a miss here simply goes to
 the queue, where the worker coalesces, calls and stores. Sync redis only: an agent
 process loads no worker, HTTP or database code.
 """
@@ -11,6 +11,7 @@ process loads no worker, HTTP or database code.
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from redis.exceptions import RedisError
@@ -25,7 +26,6 @@ from schemas import (
     Settings,
 )
 from schemas.cache_key import (
-    LOOKUP_LUA,
     CachedAnswer,
     cache_enabled,
     cache_key,
@@ -33,7 +33,7 @@ from schemas.cache_key import (
     effective_max_tokens,
 )
 from schemas.evaluators import auto_outcome
-from schemas.keys import CACHE_ENTRY, CACHE_LRU, CANCEL, LEDGER_SPOOL
+from schemas.keys import CACHE_ENTRY, CACHE_LRU, CANCEL, JOB_STATE, LEDGER_SPOOL
 
 __all__ = ["CacheShortCircuit"]
 
@@ -51,7 +51,6 @@ class CacheShortCircuit:
         # With cost tracking off no flusher drains the spool: a hit leaves no row.
         self._accounting = settings.enable_cost_tracking
         self._redis = redis.Redis.from_url(redis_url)
-        self._lookup = self._redis.register_script(LOOKUP_LUA)
 
     def _key(self, job: CompletionJob) -> str | None:
         """The job's cache entry key; None when it may not read the cache."""
@@ -73,19 +72,14 @@ class CacheShortCircuit:
         if not keyed:
             return found
         try:
-            if len(keyed) == 1:
-                raws = [self._lookup(keys=[keyed[0][1], CACHE_LRU])]
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                for _, key in keyed:
-                    self._lookup(keys=[key, CACHE_LRU], client=pipe)
-                raws = pipe.execute()
+            raws = self._redis.mget([key for _, key in keyed])
         except RedisError as exc:
             log.warning("cache lookup failed (%s): the jobs go to the queue",
                         type(exc).__name__)
             return found
         rows: list[str] = []
-        for (index, _), raw in zip(keyed, raws, strict=True):
+        used: dict[str, float] = {}
+        for (index, key), raw in zip(keyed, raws, strict=True):
             if raw is None:
                 continue
             try:
@@ -95,10 +89,15 @@ class CacheShortCircuit:
             job = jobs[index]
             result = answer.result_for(job, job.tier).labelled(job.metadata)
             found[index] = result
+            used[key] = time.time() * 1000
             rows.append(self._row(job, result, answer.cost_usd))
-        if rows and self._accounting:
+        if used:
             try:
-                self._redis.rpush(LEDGER_SPOOL, *rows)
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.zadd(CACHE_LRU, used)  # marked used: the LRU keeps it
+                if rows and self._accounting:
+                    pipe.rpush(LEDGER_SPOOL, *rows)
+                pipe.execute()
             except RedisError:
                 log.error("ledger rows of %d cache hits could not be spooled", len(rows))
         return found
@@ -115,10 +114,15 @@ class CacheShortCircuit:
             outcome=auto_outcome(job.metadata, result.content)).model_dump_json()
 
     def cancel(self, job_id: str) -> None:
-        """Set the job's cancel key (its worker looks for it; ``workers.pipeline.cancel``).
-        Here because this is the client's one synchronous Redis connection."""
+        """Set the job's cancel key (its worker looks for it in flight:
+        ``workers.pipeline.cancel``), and its state to cancelled unless a delivery runs
+        it or it ended (one that comes later refuses it). Here because this is the
+        client's one synchronous Redis connection."""
         try:
-            self._redis.set(CANCEL.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(CANCEL.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
+            pipe.set(JOB_STATE.format(job_id=job_id), "cancelled", nx=True, ex=CANCEL_TTL_S)
+            pipe.execute()
         except RedisError as exc:
             raise FleetUnavailableError(f"cannot cancel job {job_id}: Redis does not answer "
                                         f"({type(exc).__name__})") from None

@@ -1,8 +1,10 @@
 """One Redis pub/sub connection per process, fanning messages out to watchers.
 
-Used by the client's result waiter (Celery publishes each result on its key) and by
-the workers' coalescing (a holder wakes the jobs waiting on its answer). A message is
-a hint: watchers also poll, so one lost in a reconnect costs a poll interval.
+Used by the client's result waiter (its reply channel, on which workers publish the
+outcomes of its jobs, and a job's wake channel for jobs of other clients), and by the
+workers (a duplicate delivery and identical jobs wait on a job's wake channel). A
+message may be lost in a reconnect: watchers also poll, so one lost costs a poll
+interval.
 
 Commands go one at a time (``_lock``): redis-py's PubSub takes its connection from the
 pool on first use without a lock, so concurrent first subscribes would each take one
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,6 +36,7 @@ class Channels:
         self._pubsub: Any = redis.pubsub(ignore_subscribe_messages=True)  # partly untyped
         self._lock = asyncio.Lock()
         self._events: dict[str, set[Watch]] = {}
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watched = asyncio.Event()  # set while anyone watches: the reader sleeps
 
@@ -62,9 +65,19 @@ class Channels:
                     async with self._lock:
                         await self._pubsub.unsubscribe(channel)
 
+    async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler`` with every message of ``channel`` from now on (a reconnect
+        subscribes again, losing what was published meanwhile)."""
+        self._handlers[channel] = handler
+        self._watched.set()
+        async with self._lock:
+            await self._pubsub.subscribe(channel)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
     async def _read(self) -> None:
         while True:
-            if not self._events:
+            if not self._events and not self._handlers:
                 self._watched.clear()
                 await self._watched.wait()
                 continue
@@ -78,6 +91,9 @@ class Channels:
                 continue
             channel = message["channel"]
             name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            handler = self._handlers.get(name)
+            if handler is not None:
+                handler(message.get("data"))
             for event in self._events.get(name, ()):
                 event.data = message.get("data")
                 event.set()

@@ -1,11 +1,14 @@
 """Waiting for results: many jobs over one Redis pub/sub connection, sync or async.
 
-Celery's Redis result backend stores a finished task's meta at
-``celery-task-meta-<id>`` and publishes the same JSON on a channel of that name. A
-private event loop thread watches that channel per job (``tasks._pubsub.Channels``),
-reads the key (the job may be done already), takes the published state when its message
-comes, and returns the first final state. Any number of threads and event loops wait
-through it without a thread each.
+A job's outcome is stored in its state key (``JOB_STATE``) and published on the reply
+channel of the client that sent it (``REPLY``), which subscribes once: a job costs the
+client no command to wait for it. A private event loop thread takes each outcome from its
+message, keeps it until it is asked for, and reads the state key now and then, in case a
+reconnect lost a message. A job this client did not send (a handle made from its id, a
+request attaching to another's job) is waited for on its own wake channel (``JOB_WAKE``)
+and state key. Any number of threads and event loops wait through it without a thread
+each. The fleet's housekeeping tasks keep Celery's results (``wait_task``): their meta
+at ``celery-task-meta-<id>``, published on a channel of that name.
 
 A wait outlives a broker restart: while Redis does not answer, it tries again with
 backoff until its own timeout, so a job that finishes within its timeout is answered
@@ -19,8 +22,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import re
 import threading
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,10 +40,11 @@ from schemas import (
     StreamChunk,
     WorkerError,
 )
+from schemas.keys import JOB_STATE, JOB_WAKE, REPLY
 from tasks._pubsub import Channels, Watch
 from tasks._streams import read_chunks, stream_pool
 
-__all__ = ["ResultWaiter"]
+__all__ = ["REPLY_CHANNEL", "ResultWaiter", "reply_message"]
 
 META_KEY = "celery-task-meta-{}"
 _FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -47,6 +55,50 @@ _RECHECK_S = 5.0
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.1, 2.0
 #: Connections of one client's waiter: its pub/sub one and those its GETs share.
 MAX_CONNECTIONS = 16
+#: Outcomes nobody asked for yet are kept this long (then, the state key answers).
+_KEEP_UNCLAIMED_S = 900.0
+_MAX_SLOTS = 100_000
+
+
+@dataclass
+class _Slot:
+    """A job this client sent: its outcome once published, and who waits for it."""
+
+    outcome: bytes | None = None
+    waiters: list[asyncio.Future[bytes]] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+
+
+#: What a job's ``reply_to`` may name (``schemas.jobs`` checks it too).
+REPLY_CHANNEL = re.compile(r"^llmfleet:reply:[0-9a-f]{32}$")
+
+
+def reply_message(job_id: str, outcome: str) -> str:
+    """What a worker publishes on a reply channel: the job id, length first (an id is
+    any 8 to 64 characters), then the outcome JSON."""
+    return f"{len(job_id)}:{job_id}{outcome}"
+
+
+def _split_reply(data: bytes) -> tuple[str, bytes] | None:
+    head, _, rest = data.partition(b":")
+    if not head.isdigit():
+        return None
+    size = int(head)
+    return rest[:size].decode("utf-8", "replace"), rest[size:]
+
+
+def _envelope(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The outcome envelope a state key holds; None while the job runs or waits."""
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text.startswith("{"):
+        return None  # run:<token>, cancelled
+    try:
+        envelope = json.loads(text)
+    except ValueError:
+        return None
+    return envelope if isinstance(envelope, dict) else None
 
 
 class _Expired(Exception):
@@ -87,36 +139,160 @@ class ResultWaiter:
         self._streams: aioredis.Redis | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._in_flight: set[concurrent.futures.Future[dict[str, Any]]] = set()
+        self._in_flight: set[concurrent.futures.Future[Any]] = set()
+        #: The channel this client's jobs name for their outcomes.
+        self.reply_channel = REPLY.format(client=uuid.uuid4().hex)
+        self._slots: dict[str, _Slot] = {}
+        self._listening: concurrent.futures.Future[None] | None = None
 
-    def _start(self, job_id: str, timeout: float | None
-               ) -> concurrent.futures.Future[dict[str, Any]]:
+    # -- jobs ---------------------------------------------------------------------------
+
+    def expect(self, job_ids: Iterable[str]) -> None:
+        """Before jobs are sent: their outcomes will come on ``reply_channel`` (the first
+        call subscribes to it, and returns once it has)."""
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed: make a new FleetClient")
-            future = asyncio.run_coroutine_threadsafe(self._wait(job_id, timeout), self._loop)
+            if len(self._slots) > _MAX_SLOTS:
+                self._forget_old()
+            for job_id in job_ids:
+                self._slots.setdefault(job_id, _Slot())
+            if not self._slots:
+                return
+            listening = self._listening
+            if listening is None:
+                listening = self._listening = asyncio.run_coroutine_threadsafe(
+                    self._listen(), self._loop)
+        if not listening.done():
+            try:
+                listening.result(timeout=10)
+            except (RedisError, OSError) as exc:
+                with self._lock:
+                    self._listening = None  # try again with the next job
+                raise FleetUnavailableError(f"cannot subscribe to results: "
+                                            f"{type(exc).__name__}") from None
+
+    def _forget_old(self) -> None:
+        cutoff = time.monotonic() - _KEEP_UNCLAIMED_S
+        for job_id in [j for j, s in self._slots.items() if s.since < cutoff and not s.waiters]:
+            del self._slots[job_id]
+
+    async def _listen(self) -> None:
+        _, channels = self._connect()
+        await channels.listen(self.reply_channel, self._on_reply)
+
+    def _on_reply(self, data: bytes) -> None:
+        """On the loop: a job's outcome came; hand it to its waiters, or keep it."""
+        parsed = _split_reply(data) if isinstance(data, bytes) else None
+        if parsed is None:
+            return
+        job_id, outcome = parsed
+        with self._lock:
+            slot = self._slots.get(job_id)
+            if slot is None:
+                return
+            waiters, slot.waiters = slot.waiters, []
+            if waiters:
+                del self._slots[job_id]
+            else:
+                slot.outcome = outcome
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    def _start(self, coro: Any) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise ClientClosedError("the client is closed: make a new FleetClient")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             self._in_flight.add(future)
         future.add_done_callback(self._in_flight.discard)
         return future
 
-    def wait(self, job_id: str, timeout: float | None) -> Any:
-        future = self._start(job_id, timeout)
+    def wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        """A job's outcome envelope (``schemas.decode_outcome`` reads it)."""
+        future = self._start(self._wait_job(job_id, timeout))
         try:
-            return outcome_of(future.result())
+            envelope: dict[str, Any] = future.result()
         except concurrent.futures.CancelledError:
             raise ClientClosedError(f"the client was closed while waiting for {job_id}") \
                 from None
+        return envelope
 
-    async def await_(self, job_id: str, timeout: float | None) -> Any:
-        future = self._start(job_id, timeout)
+    async def await_(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        future = self._start(self._wait_job(job_id, timeout))
         try:
-            return outcome_of(await asyncio.wrap_future(future))
+            envelope: dict[str, Any] = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             if future.cancelled() and self._closed:
                 raise ClientClosedError(
                     f"the client was closed while waiting for {job_id}") from None
             future.cancel()  # the caller itself was cancelled: stop waiting for it
             raise
+        return envelope
+
+    async def _wait_job(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        loop = self._loop
+        with self._lock:
+            slot = self._slots.get(job_id)
+            if slot is not None and slot.outcome is not None:
+                del self._slots[job_id]
+                return self._decode(slot.outcome, job_id)
+            arrived: asyncio.Future[bytes] | None = None
+            if slot is not None:
+                arrived = loop.create_future()
+                slot.waiters.append(arrived)
+        if arrived is None:  # not sent by this client: its wake channel and state key
+            return await self._wait_state(job_id, timeout)
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                left = _RECHECK_S if deadline is None else deadline - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    outcome = await asyncio.wait_for(asyncio.shield(arrived),
+                                                     max(0.0, min(left, _RECHECK_S)))
+                    return self._decode(outcome, job_id)
+                # No message yet: a reconnect may have lost it; the state key knows.
+                with contextlib.suppress(RedisError, OSError):
+                    redis, _ = self._connect()
+                    envelope = _envelope(await redis.get(JOB_STATE.format(job_id=job_id)))
+                    if envelope is not None:
+                        return envelope
+                if deadline is not None and loop.time() >= deadline:
+                    raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
+                                          job_id=job_id, timeout=timeout)
+        finally:
+            with self._lock:
+                slot = self._slots.get(job_id)
+                if slot is not None and arrived in slot.waiters:
+                    slot.waiters.remove(arrived)
+                if slot is not None and not slot.waiters and arrived.done():
+                    self._slots.pop(job_id, None)
+
+    @staticmethod
+    def _decode(outcome: bytes, job_id: str) -> dict[str, Any]:
+        envelope = _envelope(outcome)
+        if envelope is None:
+            raise WorkerError(f"malformed outcome of job {job_id}")
+        return envelope
+
+    async def _wait_state(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        """A job by its state key, woken on its wake channel; retried while Redis does
+        not answer, until the wait's own timeout."""
+        key, channel = JOB_STATE.format(job_id=job_id), JOB_WAKE.format(job_id=job_id)
+        return await self._retrying(job_id, timeout, key, channel, _envelope)
+
+    # -- the fleet's own tasks (Celery results) -------------------------------------------
+
+    def wait_task(self, task_id: str, timeout: float | None) -> Any:
+        """A housekeeping task's return value (Celery's result)."""
+        future = self._start(self._wait_meta(task_id, timeout))
+        try:
+            return outcome_of(future.result())
+        except concurrent.futures.CancelledError:
+            raise ClientClosedError(f"the client was closed while waiting for {task_id}") \
+                from None
 
     def chunks(self, job_id: str, timeout: float | None, after: int = -1
                ) -> AsyncIterator[StreamChunk]:
@@ -159,16 +335,20 @@ class ResultWaiter:
                 # A pool handed to Redis() is not closed with it.
                 await client.connection_pool.disconnect()
 
-    async def _wait(self, job_id: str, timeout: float | None) -> dict[str, Any]:
-        key = META_KEY.format(job_id)
+    async def _wait_meta(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        key = META_KEY.format(task_id)
+        return await self._retrying(task_id, timeout, key, key, _final_meta)
+
+    async def _retrying(self, job_id: str, timeout: float | None, key: str, channel: str,
+                        read: Any) -> dict[str, Any]:
         redis, channels = self._connect()
         loop = self._loop
         deadline = None if timeout is None else loop.time() + timeout
         delay = _RETRY_FIRST_S
         while True:
             try:
-                async with channels.watch(key) as published:
-                    return await self._poll(redis, key, published, deadline)
+                async with channels.watch(channel) as published:
+                    return await self._poll(redis, key, published, deadline, read)
             except _Expired:
                 raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
                                       job_id=job_id, timeout=timeout) from None
@@ -182,11 +362,11 @@ class ResultWaiter:
                 delay = min(_RETRY_MAX_S, delay * 2)
 
     async def _poll(self, redis: aioredis.Redis, key: str, published: Watch,
-                    deadline: float | None) -> dict[str, Any]:
+                    deadline: float | None, read: Any) -> dict[str, Any]:
         """The result once its key holds a final state: read at first (the job may be
-        done already), taken from its message when one comes (the same JSON as the
-        key), and read again now and then (a reconnect drops what was published)."""
-        meta = _final_meta(await redis.get(key))
+        done already), read again when its channel says so (Celery's message carries
+        the meta itself), and now and then (a reconnect drops what was published)."""
+        meta = read(await redis.get(key))
         while meta is None:
             left = _RECHECK_S if deadline is None else deadline - self._loop.time()
             if left <= 0:
@@ -195,10 +375,11 @@ class ResultWaiter:
                 await asyncio.wait_for(published.wait(), min(left, _RECHECK_S))
             if published.is_set():
                 published.clear()
-                meta = _final_meta(published.data)
+                meta = read(published.data)
             if meta is None:
-                meta = _final_meta(await redis.get(key))
-        return meta
+                meta = read(await redis.get(key))
+        result: dict[str, Any] = meta
+        return result
 
     def _connect(self) -> tuple[aioredis.Redis, Channels]:
         if self._redis is None or self._channels is None:

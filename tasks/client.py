@@ -93,6 +93,7 @@ class FleetClient:
         messages, options = self.templates.expand(messages, options)
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
         data["messages"] = messages
+        data["reply_to"] = self._waiter.reply_channel
         if data.get("tools") is not None:  # functions, Tool objects or OpenAI's dicts
             data["tools"] = [as_tool(tool) for tool in data["tools"]]
         model = data.pop("response_model", None)
@@ -105,7 +106,8 @@ class FleetClient:
         return job.model_copy(update={"tier": self.fleet.route(job.tier, job.model)})
 
     def _embedding(self, texts: Any, options: Mapping[str, Any]) -> EmbeddingJob:
-        data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
+        data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None},
+                "reply_to": self._waiter.reply_channel}
         data["texts"] = [texts] if isinstance(texts, str) else texts
         try:
             job = EmbeddingJob.model_validate(data)
@@ -115,6 +117,11 @@ class FleetClient:
         return job.model_copy(update={"tier": route})
 
     def _send(self, name: str, payload: Any, queue: str, task_id: str) -> None:
+        """Send one message (a job, or a list of jobs); the outcomes of the jobs that
+        name this client's reply channel come there."""
+        jobs = payload if isinstance(payload, list) else [payload]
+        self._waiter.expect(job["job_id"] for job in jobs if isinstance(job, dict)
+                            and job.get("reply_to") == self._waiter.reply_channel)
         try:
             self._app.send_task(name, args=[payload], queue=queue, task_id=task_id)
         except OperationalError as exc:
@@ -166,15 +173,13 @@ class FleetClient:
             if position not in hits:
                 queue = queue_for(job.tier or "", job.priority)
                 by_queue.setdefault(queue, []).append(position)
-        parts: list[tuple[str, list[int]]] = []
         for queue, positions in by_queue.items():
             for start in range(0, len(positions), BATCH_SIZE):
                 chunk = positions[start:start + BATCH_SIZE]
                 message_id = "batch-" + built[chunk[0]].job_id
                 payload = [built[p].model_dump(mode="json") for p in chunk]
                 self._send(COMPLETE_BATCH, payload, queue, message_id)
-                parts.append((message_id, chunk))
-        return BatchHandle(self, parts, len(built), hits)
+        return BatchHandle(self, [job.job_id for job in built], hits)
 
     def complete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
                  timeout: float = 60, **options: Any) -> CompletionResult:
@@ -244,7 +249,7 @@ class FleetClient:
                                 queue=ADMIN_QUEUE, task_id=task_id)
         except OperationalError as exc:
             raise self._unreachable(exc) from None
-        value = self._waiter.wait(task_id, timeout)
+        value = self._waiter.wait_task(task_id, timeout)
         if not isinstance(value, dict):
             raise FleetUnavailableError("malformed agent stats")
         return value

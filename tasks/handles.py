@@ -15,9 +15,7 @@ from schemas import (
     CompletionResult,
     FleetError,
     OutputValidationError,
-    decode_batch,
     decode_outcome,
-    is_parked,
 )
 from tasks._streams import ChunkStream, replayed
 
@@ -76,31 +74,27 @@ class JobHandle:
 class BatchHandle:
     """Jobs submitted together; ``get`` returns their results in submission order."""
 
-    def __init__(self, client: FleetClient, parts: list[tuple[str, list[int]]], size: int,
+    def __init__(self, client: FleetClient, job_ids: list[str],
                  hits: dict[int, CompletionResult] | None = None):
         self._client = client
-        self._parts = parts  # (message id, positions of its jobs in the batch)
-        self._size = size
+        self.job_ids = job_ids
         self._hits = hits or {}  # answered by the cache at submit, by position
 
     def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
         """Results in order. The first failed job raises its error, unless
-        ``return_exceptions``, which puts each error in its job's place."""
-        results: list[Any] = [None] * self._size
-        for position, hit in self._hits.items():
-            results[position] = hit
-        for message_id, positions in self._parts:
-            outcome = self._client._waiter.wait(message_id, timeout)
-            envelopes = decode_batch(outcome, len(positions))
-            for position, envelope in zip(positions, envelopes, strict=True):
-                try:
-                    if is_parked(envelope):  # it waited for a limit: its own result
-                        envelope = self._client._waiter.wait(envelope["parked"], timeout)
-                    results[position] = decode_outcome(envelope)
-                except FleetError as exc:
-                    if not return_exceptions:
-                        raise
-                    results[position] = exc
+        ``return_exceptions``, which puts each error in its job's place. Each job's
+        outcome comes on its own (a job that waited for a limit comes later)."""
+        results: list[Any] = [None] * len(self.job_ids)
+        for position, job_id in enumerate(self.job_ids):
+            if position in self._hits:
+                results[position] = self._hits[position]
+                continue
+            try:
+                results[position] = decode_outcome(self._client._waiter.wait(job_id, timeout))
+            except FleetError as exc:
+                if not return_exceptions:
+                    raise
+                results[position] = exc
         return results
 
 

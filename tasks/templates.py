@@ -175,7 +175,7 @@ def admin_call(app: Celery, waiter: ResultWaiter, task: str, args: list[Any],
         app.send_task(task, args=args, queue=ADMIN_QUEUE, task_id=task_id)
     except OperationalError as exc:
         raise FleetUnavailableError(f"cannot reach the broker: {exc}") from None
-    outcome = waiter.wait(task_id, timeout)
+    outcome = waiter.wait_task(task_id, timeout)
     if not isinstance(outcome, dict) or "ok" not in outcome:
         raise WorkerError(f"malformed {task} result: {str(outcome)[:200]}")
     if not outcome["ok"]:

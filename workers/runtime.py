@@ -100,7 +100,8 @@ class WorkerRuntime:
         runner = AttemptRunner(retry=self.fleet.retry, breaker=breaker)
         if self.admission.has_quotas:
             runner.quotas = Quotas(self.admission.limiter, self.fleet)
-        return Pipeline(self.fleet, providers, breaker, runner, steps=self._steps())
+        return Pipeline(self.fleet, providers, breaker, runner, steps=self._steps(),
+                        redis=self.redis)
 
     async def _embed(self, job: EmbeddingJob) -> EmbeddingResult:
         """The pipeline's embedding path, whole: for the semantic cache's questions."""
@@ -110,7 +111,7 @@ class WorkerRuntime:
         """The pipeline's layers, outermost first: the one place their order is set."""
         steps: list[Step] = [OnceStep(self.redis)]
         if self.settings.enable_cost_tracking:
-            steps.append(LedgerStep(self.redis))
+            steps.append(LedgerStep())
         # A streamed job's last chunk tells its readers how it ended, cancelled included.
         steps.append(StreamStep(self.redis))
         steps.append(CancelStep(self.redis))

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from schemas import AllModelsFailedError, CompletionResult, FleetConfig, Settings
+from schemas.keys import JOB_STATE
 from tasks import FleetClient
 from tasks.names import queue_for
 from tests.conftest import ledger_row, start_worker, stop_process, wait_until
@@ -95,7 +96,7 @@ def test_a_repeated_submit_is_answered_at_submit(client: FleetClient, sim: Any,
     assert len(sends) == 1 and sim.stats()["requests"] == 1 and elapsed_ms < 50
     raw = redis.Redis.from_url(redis_url)
     assert raw.llen(queue_for("simple")) == 0
-    assert not raw.exists(f"celery-task-meta-{hit.job_id}")
+    assert not raw.exists(JOB_STATE.format(job_id=hit.job_id))
     raw.close()
     # And its ledger row says what it saved
     row = ledger_row(fleet_env["DATABASE_URL"], hit.job_id)
@@ -147,7 +148,7 @@ def test_with_the_cache_off_at_the_client_jobs_are_queued(
         # Then its job goes through a worker (whose own cache still answers it)
         result = handle.get(timeout=30)
         raw = redis.Redis.from_url(redis_url)
-        assert raw.exists(f"celery-task-meta-{handle.job_id}")
+        assert raw.exists(JOB_STATE.format(job_id=handle.job_id))
         raw.close()
         assert result.cache_hit and sim.stats()["requests"] == 1
     finally:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from schemas import (
     CompletionResult,
     FleetError,
@@ -17,7 +15,8 @@ from schemas import (
     status_for_error,
 )
 from schemas.evaluators import auto_outcome
-from workers.accounting.spool import spool_row
+from schemas.keys import LEDGER_SPOOL
+from workers.pipeline.outbox import Write
 from workers.pipeline.pricing import cost_of
 from workers.pipeline.steps import Handler, JobContext, Result, Step
 from workers.providers import redact
@@ -26,17 +25,22 @@ __all__ = ["LedgerStep", "billed", "error_row", "rejected_row", "result_row"]
 
 
 class LedgerStep(Step):
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
+    """The job's row goes to the spool with the job's other writes at its end
+    (``workers.pipeline.outbox``): one RPUSH in the job's last round trip."""
 
     async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
         try:
             result = await call_next(ctx)
         except Exception as exc:  # whatever failed, mapped or not: the job leaves its row
-            await spool_row(self._redis, error_row(ctx, exc))
+            ctx.outbox.add(_spooled(error_row(ctx, exc)))
             raise
-        await spool_row(self._redis, result_row(ctx, result))
+        ctx.outbox.add(_spooled(result_row(ctx, result)))
         return result
+
+
+def _spooled(row: LedgerRow) -> Write:
+    text = row.model_dump_json()
+    return lambda pipe: pipe.rpush(LEDGER_SPOOL, text)
 
 
 def rejected_row(payload: Any, error: FleetError) -> LedgerRow | None:

@@ -168,8 +168,15 @@ class Quotas(QuotaGate):
     def __init__(self, limiter: RateLimiter, fleet: FleetConfig) -> None:
         self._limiter, self._fleet = limiter, fleet
 
-    async def before_call(self, model: str, tokens: int, job_id: str) -> None:
+    async def before_call(self, model: str, tokens: int, job_id: str, *,
+                          prepaid: bool) -> None:
         rates = quota_rates(self._fleet, model, tokens)
+        if prepaid:  # its turn is reserved; a 429 since holds it off all the same
+            if rates:
+                held = await self._limiter.held_s(sorted({r.name for r in rates}))
+                if held > 0:
+                    await asyncio.sleep(held)
+            return
         while rates:
             decision = await self._limiter.admit(rates, (), job_id, horizon_s=60.0,
                                                  lease_s=1.0)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
-from schemas.keys import LIMIT_STATS
+from schemas.keys import LIMIT_STATS, QUOTA_HOLD
 
 __all__ = ["Decision", "Place", "Rate", "RateLimiter"]
 
@@ -124,8 +124,9 @@ for j = nr + 1, #KEYS do redis.call('ZREM', KEYS[j], ARGV[2]) end
 return 1
 """
 
-#: A provider said 429: nothing more goes to that rate before ``wait`` ms from now.
-#: KEYS: the rate. ARGV: per_ms, tau_ms, wait ms.
+#: A provider said 429: nothing more goes to that rate before ``wait`` ms from now,
+#: and calls admitted before wait for the hold too. KEYS: the rate, its hold.
+#: ARGV: per_ms, tau_ms, wait ms.
 _HOLD_OFF = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -133,6 +134,7 @@ local per, tau, wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 local held = math.max(tat, now + wait + tau - per)
 redis.call('SET', KEYS[1], string.format('%.3f', held), 'PX', math.ceil(held - now + tau) + 1000)
+redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.ceil(wait)))
 return 1
 """
 
@@ -185,6 +187,7 @@ class RateLimiter:
     """The scripts, on one async Redis client."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
         self._admit = redis.register_script(_ADMIT)
         self._settle = redis.register_script(_SETTLE)
         self._hold_off = redis.register_script(_HOLD_OFF)
@@ -216,6 +219,14 @@ class RateLimiter:
 
     async def hold_off(self, rate: Rate, wait_s: float) -> None:
         """Nothing more on ``rate`` for ``wait_s`` (a provider's Retry-After)."""
-        await self._hold_off(keys=[rate.key],
+        await self._hold_off(keys=[rate.key, QUOTA_HOLD.format(owner=rate.name)],
                              args=[repr(rate.per_ms), repr(rate.tau_ms),
                                    math.ceil(wait_s * 1000)])
+
+    async def held_s(self, owners: Sequence[str]) -> float:
+        """How long the longest hold on ``owners`` lasts still (0: none)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.pttl(QUOTA_HOLD.format(owner=owner))
+            left = await pipe.execute()
+        return max([0, *(int(ms) for ms in left)]) / 1000

@@ -57,8 +57,11 @@ def _applicable(fleet_limits: Iterable[LimitConfig], own: Iterable[LimitConfig],
 
 def quota_rates(fleet: FleetConfig, model: str, tokens: int) -> list[Rate]:
     """The provider quotas a call of ``model`` spends: the model's and its provider's,
-    spread over the minute (``[admission] quota_burst_s`` at once)."""
-    burst_ms = fleet.admission.quota_burst_s * 1000
+    less ``[admission] quota_headroom``, one request after another (or with
+    ``quota_burst_s`` of them at once): no sliding window of the provider's, a minute or
+    a second long, ever holds more than its quota."""
+    admission = fleet.admission
+    burst_ms, keep = admission.quota_burst_s * 1000, 1 - admission.quota_headroom
     config = fleet.models[model]
     owners = [(f"model:{model}", config.rpm, config.tpm)]
     provider = fleet.providers[config.provider]
@@ -66,10 +69,12 @@ def quota_rates(fleet: FleetConfig, model: str, tokens: int) -> list[Rate]:
     rates: list[Rate] = []
     for owner, rpm, tpm in owners:
         if rpm is not None:
-            rates.append(Rate(owner, "rpm", QUOTA_RATE.format(owner=owner, kind="rpm"), rpm, 1,
-                              max(burst_ms, 60_000 / rpm), "queue"))
+            limit = max(1, int(rpm * keep))
+            rates.append(Rate(owner, "rpm", QUOTA_RATE.format(owner=owner, kind="rpm"), limit,
+                              1, max(burst_ms, 60_000 / limit), "queue"))
         if tpm is not None:
-            per = 60_000 / tpm
-            rates.append(Rate(owner, "tpm", QUOTA_RATE.format(owner=owner, kind="tpm"), tpm,
+            limit = max(1, int(tpm * keep))
+            per = 60_000 / limit
+            rates.append(Rate(owner, "tpm", QUOTA_RATE.format(owner=owner, kind="tpm"), limit,
                               tokens, max(burst_ms, tokens * per, per), "queue"))
     return rates

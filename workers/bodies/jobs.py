@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery.exceptions import Ignore
+from celery import current_task
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -22,16 +22,15 @@ from schemas import (
     EmbeddingJob,
     EmbeddingResult,
     FleetError,
+    LedgerRow,
     RateLimitedError,
     Ticket,
     WorkerError,
-    encode_batch,
     encode_error,
-    encode_parked,
     encode_result,
-    is_parked,
     validation_error,
 )
+from schemas.keys import LEDGER_SPOOL
 from tasks.names import (
     COMPLETE,
     COMPLETE_BATCH,
@@ -39,8 +38,9 @@ from tasks.names import (
     queue_for,
 )
 from workers.accounting.ledger import error_row, rejected_row
-from workers.accounting.spool import spool_row
+from workers.accounting.once import end_job
 from workers.admission.gate import Parked
+from workers.pipeline.outbox import Outbox
 from workers.pipeline.steps import JobContext
 from workers.pipeline.streams import StreamSink
 from workers.runtime import WorkerRuntime, get_runtime
@@ -52,45 +52,69 @@ __all__ = ["JOB_BODIES"]
 log = logging.getLogger(__name__)
 
 
-async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime) -> dict[str, Any]:
-    """Validate, route, admit and run one job; every outcome becomes an envelope, and a
-    job refused before the pipeline still leaves its ledger row. A job that must wait
-    for a limit or a quota is parked (``encode_parked``): it will be sent again."""
+async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime,
+                   message_id: str | None = None) -> None:
+    """Validate, route, admit and run one job, then finish it (``_finish``): every
+    outcome becomes an envelope, stored and published, and a job refused before the
+    pipeline still leaves its ledger row. A job that must wait for a limit or a quota
+    is parked: it will be sent again, and that run finishes it."""
     try:
         job = model.model_validate(payload)
         ctx = runtime.pipeline.context(job)
     except (ValidationError, FleetError) as exc:
         error = validation_error(exc) if isinstance(exc, ValidationError) else exc
         row = rejected_row(payload, error)
-        if row is not None and runtime.settings.enable_cost_tracking:
-            await spool_row(runtime.redis, row)
         await _end_stream(runtime, payload, error)
-        return encode_error(error)
+        if isinstance(payload, dict) and "job_id" not in payload and message_id:
+            payload = {**payload, "job_id": message_id}  # answered under its message's id
+        return await _finish(runtime, payload, encode_error(error), Outbox(), row)
     ticket = None
     if runtime.admission.applies(ctx):
         try:
             verdict = await runtime.admission.admit(ctx)
         except RateLimitedError as exc:
-            if runtime.settings.enable_cost_tracking:
-                await spool_row(runtime.redis, error_row(ctx, exc))
             await _end_stream(runtime, payload, exc)
-            return encode_error(exc)
+            return await _finish(runtime, payload, encode_error(exc), ctx.outbox,
+                                 error_row(ctx, exc))
         if isinstance(verdict, Parked):
             await _park(runtime, job, ctx.tier, verdict)
-            return encode_parked(job.job_id)
+            return
         ticket = verdict.ticket
     result = None
     try:
         result = await runtime.pipeline.run(ctx)
+        envelope = encode_result(result.labelled(job.metadata))
     except FleetError as exc:
-        return encode_error(exc)
+        envelope = encode_error(exc)
     except Exception as exc:  # a bug of ours must not take the worker or the batch down
         log.exception("job %s failed unexpectedly", job.job_id)
-        return encode_error(WorkerError(f"unexpected {type(exc).__name__} in the worker"))
+        envelope = encode_error(WorkerError(f"unexpected {type(exc).__name__} in the worker"))
     finally:
         if ticket is not None:
             await _settle(runtime, ticket, ctx, result)
-    return encode_result(result.labelled(job.metadata))
+    return await _finish(runtime, payload, envelope, ctx.outbox)
+
+
+async def _finish(runtime: WorkerRuntime, payload: Any, envelope: dict[str, Any],
+                  outbox: Outbox, row: LedgerRow | None = None) -> None:
+    """The end of a job, in one round trip (``end_job``): what its steps left to write
+    (its ledger row, its cache entry...), its outcome stored in its state key, published
+    to the client that waits for it and on its wake channel (a second delivery,
+    identical jobs that followed it, agents waiting for a job they did not send)."""
+    data = payload if isinstance(payload, dict) else {}
+    job_id, reply_to = data.get("job_id"), data.get("reply_to")
+    if not isinstance(job_id, str) or not 8 <= len(job_id) <= 64:
+        job_id = None
+    writes = []
+    if row is not None and runtime.settings.enable_cost_tracking:
+        text = row.model_dump_json()
+        writes.append(lambda pipe: pipe.rpush(LEDGER_SPOOL, text))
+    try:
+        await end_job(runtime.redis, job_id, envelope, outbox,
+                      reply_to if isinstance(reply_to, str) else None, writes)
+    except RedisError as exc:
+        log.error("job %s: its outcome and ledger row could not be written (%s)", job_id,
+                  type(exc).__name__)
 
 
 async def _end_stream(runtime: WorkerRuntime, payload: Any, error: FleetError) -> None:
@@ -117,36 +141,39 @@ async def _settle(runtime: WorkerRuntime, ticket: Ticket, ctx: JobContext,
                     type(exc).__name__)
 
 
-def _single(envelope: dict[str, Any]) -> dict[str, Any]:
-    """A one-job message's envelope; a parked job leaves no result (it is sent again
-    under the same id, and that run answers)."""
-    if is_parked(envelope):
-        raise Ignore()
-    return envelope
+# The bodies return nothing: each job's outcome went to its state key and its client's
+# reply channel (Celery stores no result for them: ``tasks.names`` sets ignore_result).
 
 
-def complete(payload: Any) -> dict[str, Any]:
+def complete(payload: Any) -> None:
     runtime = get_runtime()
-    return _single(runtime.run(_guarded(payload, CompletionJob, runtime)))
+    runtime.run(_guarded(payload, CompletionJob, runtime, _message_id()))
 
 
-def complete_batch(payloads: Any) -> dict[str, Any]:
-    """Many jobs of one tier from one message, run concurrently; results in order (a
-    parked job's place says so: the client waits for that job on its own)."""
+def complete_batch(payloads: Any) -> None:
+    """Many jobs of one tier from one message, run concurrently, each finished on its
+    own (a parked job later, when it is sent again)."""
     runtime = get_runtime()
     if not isinstance(payloads, list):
-        return encode_error(WorkerError("a batch message must carry a list of jobs"))
+        log.error("a batch message must carry a list of jobs: dropped")
+        return
 
-    async def run_all() -> list[dict[str, Any]]:
-        return await asyncio.gather(
-            *(_guarded(p, CompletionJob, runtime) for p in payloads))
+    async def run_all() -> None:
+        await asyncio.gather(*(_guarded(p, CompletionJob, runtime) for p in payloads))
 
-    return encode_batch(runtime.run(run_all()))
+    runtime.run(run_all())
 
 
-def embed(payload: Any) -> dict[str, Any]:
+def embed(payload: Any) -> None:
     runtime = get_runtime()
-    return _single(runtime.run(_guarded(payload, EmbeddingJob, runtime)))
+    runtime.run(_guarded(payload, EmbeddingJob, runtime, _message_id()))
+
+
+def _message_id() -> str | None:
+    """The id of the message being run (Celery's task id: a job's own id)."""
+    request = getattr(current_task, "request", None)
+    task_id = getattr(request, "id", None)
+    return task_id if isinstance(task_id, str) else None
 
 
 #: Bound by ``workers.bodies.bind_tasks``.

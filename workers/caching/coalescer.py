@@ -1,12 +1,17 @@
 """In-flight coalescing: identical jobs running at the same time, on any workers, cost
 one provider call.
 
-The first takes a short lock (SET NX PX, refreshed while it works) in the same script
-that looks the cache up, so no job calls after another stored; the rest follow it, woken
-through pub/sub and polling in case a wake-up is lost, and take the lock over when it
-expires (its holder died). A job's token is its id, so a follower knows whose stream it
-may read (``watch``) and a redelivered job finds its own lock. Redis trouble never fails a
-job: the job calls on.
+The first takes a short lock (SET NX PX, refreshed while it works), holding its job's
+id, in the same round trip that looks the cache up; the rest follow it: they read the
+holder's outcome from its job state (``JOB_STATE``), woken when it is stored
+(``JOB_WAKE``) and polling in case a wake-up is lost. A holder whose answer is cached
+leaves the lock to expire (a job just like it finds the entry first); one whose answer
+may not be cached (cut short, from a fallback model, an error) gives it up as it ends
+(``release``), so the next such job calls again. When the holder failed, one follower takes the
+lock over (compare and set) and calls; when the lock lapsed (its holder died), the
+first to see it takes it. A job's token is its id, so a follower knows whose stream it
+may read (``watch``) and a redelivered job finds its own lock. Redis trouble never
+fails a job: the job calls on.
 """
 
 from __future__ import annotations
@@ -16,62 +21,44 @@ import contextlib
 import json
 import logging
 import random
-import uuid
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import CompletionResult
-from schemas.cache_key import CachedAnswer, entry_lookup_lua
-from schemas.keys import CACHE_DONE, CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, CACHE_WAKE
+from schemas.cache_key import CachedAnswer
+from schemas.keys import CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, JOB_STATE, JOB_WAKE
 from tasks._pubsub import Channels
+from workers.pipeline.outbox import Write
 
 __all__ = ["Coalescer"]
 
 log = logging.getLogger(__name__)
 
-#: One look, atomic: the answer if there is one (on arrival the cache entry, marked used;
-#: for a follower its holder's outcome), else the lock's holder, else the lock for the
-#: caller. A follower that finds its holder failed takes the lock over if nobody has yet
-#: ("failed", the new holder, the failure), so one job calls again and the rest keep
-#: waiting. KEYS: lock, LRU index, the answer's key. ARGV: token, lock ms, what the
-#: answer's key is ("entry" or "done").
-_LOOK = ("""
-local found
-if ARGV[3] == 'entry' then""" + entry_lookup_lua("KEYS[3]", "KEYS[2]") + """else
-  found = redis.call('GET', KEYS[3])
-end
-if found and ARGV[3] == 'entry' then return {'entry', found} end
+#: Take the lock over from a holder that failed, if nobody has yet. KEYS: lock.
+#: ARGV: the failed holder, the taker, lock ms. Returns the holder now.
+_TAKE_OVER = """
 local holder = redis.call('GET', KEYS[1])
-if found then
-  local ok, outcome = pcall(cjson.decode, found)
-  if ok and outcome['ok'] then return {'done', found} end
-  if not holder then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    holder = ARGV[1]
-  end
-  return {'failed', holder, found}
+if not holder or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return ARGV[2]
 end
-if holder then return {'held', holder} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {'held', ARGV[1]}
-""")
+return holder
+"""
+#: Give the lock up if its holder is the one asking. KEYS: lock. ARGV: token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 #: Extend the lock while its holder is the one asking. KEYS: lock. ARGV: token, lock ms.
 _KEEP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-#: Leave the outcome, release the lock if still ours, wake the followers.
-#: KEYS: lock, done. ARGV: token, outcome, done ms, channel.
-_FINISH = """
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return 1
-"""
-DONE_MS = 60_000
 
 #: The holder's work: a provider's result, or an answer it found (by meaning).
 Produce = Callable[[], Awaitable[CompletionResult | CachedAnswer]]
@@ -95,29 +82,26 @@ class Coalescer:
 
     def __init__(self, redis: aioredis.Redis, *, lock_ms: int = 5000, refresh_s: float = 2.0,
                  poll_s: float = 0.25, takeover_backoff_s: float = 0.25) -> None:
+        self._redis = redis
         self._lock_ms, self._refresh_s, self._poll_s = lock_ms, refresh_s, poll_s
         self._backoff_s = takeover_backoff_s
-        self._look_lua = redis.register_script(_LOOK)
+        self._take_over = redis.register_script(_TAKE_OVER)
         self._keep = redis.register_script(_KEEP)
-        self._finish = redis.register_script(_FINISH)
         self._wakeups = Channels(redis)
 
     async def run(self, key: str, produce: Produce, timeout: float, *,
-                  token: str | None = None, watch: Watch | None = None
-                  ) -> CompletionResult | CachedAnswer:
+                  token: str, watch: Watch | None = None) -> CompletionResult | CachedAnswer:
         """The cached answer; else ``produce()``'s result if this job made the call;
-        else the answer of the identical job that did. The cache lookup and taking the
-        lock are one step, so no job calls after another stored. Waits at most
-        ``timeout`` for another job, then produces itself; when the job it waits on
-        fails, one waiter takes over (after the failure's backoff), the others wait on.
-        ``token``: the job's id (unique if not given); ``watch``: told each holder
-        followed."""
-        token = token or uuid.uuid4().hex
+        else the answer of the identical job that did. Waits at most ``timeout`` for
+        another job, then produces itself; when the job it waits on fails, one waiter
+        takes over (after the failure's backoff), the others wait on. ``token``: the
+        job's id; ``watch``: told each holder followed."""
         try:
-            look = await self._look(key, None, token)
+            look = await self._first_look(key, token)
             if look.answer is not None:
                 return look.answer
-            if look.holder is not None and look.holder != token:
+            if look.holder != token:
+                assert look.holder is not None
                 look = await self._follow(key, look.holder, token, timeout, watch)
                 if look.answer is not None:
                     return look.answer
@@ -131,21 +115,25 @@ class Coalescer:
                                 else random.uniform(0, self._backoff_s))
         return await self._lead(key, token, produce)
 
-    async def _look(self, key: str, holder: str | None, token: str) -> _Look:
-        answer_key = (CACHE_ENTRY.format(key=key) if holder is None
-                      else CACHE_DONE.format(key=key, token=holder))
-        found = await self._look_lua(
-            keys=[CACHE_LOCK.format(key=key), CACHE_LRU, answer_key],
-            args=[token, self._lock_ms, "entry" if holder is None else "done"])
-        kind, value = _text(found[0]), _text(found[1])
-        if kind == "held":
-            return _Look(holder=value)
-        if kind == "entry":
-            return _Look(answer=CachedAnswer.model_validate_json(value))
-        if kind == "done":
-            return _Look(answer=CachedAnswer.model_validate(json.loads(value)["answer"]))
-        failure = json.loads(_text(found[2]))
-        return _Look(holder=value, failed=True, retry_after=failure.get("retry_after"))
+    async def _first_look(self, key: str, token: str) -> _Look:
+        """The entry and the lock, in one round trip: the answer, or the lock taken, or
+        who holds it."""
+        entry, lock = CACHE_ENTRY.format(key=key), CACHE_LOCK.format(key=key)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(entry)
+            pipe.set(lock, token, nx=True, px=self._lock_ms)
+            found, took = await pipe.execute()
+        if found is not None:
+            with contextlib.suppress(ValueError):
+                answer = CachedAnswer.model_validate_json(found)
+                await self._redis.zadd(CACHE_LRU, {entry: _now_ms()})  # marked used
+                return _Look(answer=answer)
+        if took:
+            return _Look(holder=token)
+        holder = await self._redis.get(lock)
+        if holder is None:  # lapsed between the two: look again
+            return await self._first_look(key, token)
+        return _Look(holder=_text(holder))
 
     async def _follow(self, key: str, holder: str, token: str, timeout: float,
                       watch: Watch | None) -> _Look:
@@ -153,54 +141,109 @@ class Coalescer:
         the lock falls to this job, or ``timeout`` passes (then nobody's lock)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if watch is not None:
-            watch(holder)
-        async with self._wakeups.watch(CACHE_WAKE.format(key=key)) as woken:
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    return _Look()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(self._poll_s, left))
-                woken.clear()
-                look = await self._look(key, holder, token)
-                if look.answer is not None or look.holder == token:
-                    return look
-                if look.holder and look.holder != holder and watch is not None:
-                    watch(look.holder)
-                holder = look.holder or holder
+        while True:
+            if watch is not None:
+                watch(holder)
+            async with self._wakeups.watch(JOB_WAKE.format(job_id=holder)) as woken:
+                while True:
+                    look = await self._look_at(key, holder, token)
+                    if look is not None:
+                        break
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        return _Look()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(self._poll_s, left))
+                    woken.clear()
+            if look.answer is not None or look.holder == token:
+                return look
+            assert look.holder is not None
+            holder = look.holder  # another took over: follow it
+
+    async def _look_at(self, key: str, holder: str, token: str) -> _Look | None:
+        """The holder's outcome if it has one (or the lock, taken over or lapsed);
+        None while it runs."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(JOB_STATE.format(job_id=holder))
+            pipe.get(CACHE_LOCK.format(key=key))
+            state, lock = await pipe.execute()
+        envelope = _envelope(state)
+        if envelope is not None and envelope.get("ok"):
+            result = CompletionResult.model_validate(envelope["result"])
+            return _Look(answer=CachedAnswer.of(result))
+        if envelope is not None:  # it failed: one follower takes over, after its backoff
+            now = _text(await self._take_over(keys=[CACHE_LOCK.format(key=key)],
+                                              args=[holder, token, self._lock_ms]))
+            fields = (envelope.get("error") or {}).get("fields") or {}
+            return _Look(holder=now, failed=now == token, retry_after=fields.get("retry_after"))
+        if lock is None:  # lapsed: its holder died; the first to see it takes it
+            if await self._redis.set(CACHE_LOCK.format(key=key), token, nx=True,
+                                     px=self._lock_ms):
+                return _Look(holder=token)
+            return None
+        if _text(lock) != holder:
+            return _Look(holder=_text(lock))
+        return None
 
     async def _lead(self, key: str, token: str, produce: Produce
                     ) -> CompletionResult | CachedAnswer:
-        keeper = asyncio.get_running_loop().create_task(self._keep_lock(key, token))
-        outcome: dict[str, object] = {"ok": False}
+        """Call, keeping the lock while the call lasts. The lock is left to expire: the
+        job's outcome, stored when it ends, answers its followers."""
+        loop = asyncio.get_running_loop()
+        keeping = _Keeping(loop, self._refresh_s, lambda: self._keep(
+            keys=[CACHE_LOCK.format(key=key)], args=[token, self._lock_ms]))
         try:
-            result = await produce()
-            answer = result if isinstance(result, CachedAnswer) else CachedAnswer.of(result)
-            outcome = {"ok": True, "answer": answer.model_dump(mode="json")}
-            return result
-        except Exception as exc:
-            outcome = {"ok": False, "retry_after": getattr(exc, "retry_after", None)}
-            raise
+            return await produce()
         finally:
-            keeper.cancel()
-            try:
-                await self._finish(keys=[CACHE_LOCK.format(key=key),
-                                         CACHE_DONE.format(key=key, token=token)],
-                                   args=[token, json.dumps(outcome), DONE_MS,
-                                         CACHE_WAKE.format(key=key)])
-            except RedisError:
-                log.warning("could not release the coalescing lock of %s: it expires", key)
+            keeping.stop()
 
-    async def _keep_lock(self, key: str, token: str) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            with contextlib.suppress(RedisError):
-                await self._keep(keys=[CACHE_LOCK.format(key=key)], args=[token, self._lock_ms])
+    def release(self, key: str, token: str) -> Write:
+        """A write for the job's outbox: the lock given up, if ``token`` holds it."""
+        lock = CACHE_LOCK.format(key=key)
+        return lambda pipe: pipe.eval(_RELEASE, 1, lock, token)
 
     async def close(self) -> None:
         await self._wakeups.close()
 
 
+class _Keeping:
+    """A timer that refreshes the lock every ``every_s``: no task for a call that ends
+    sooner (most do)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, every_s: float,
+                 refresh: Callable[[], Awaitable[Any]]) -> None:
+        self._loop, self._every_s, self._refresh = loop, every_s, refresh
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer = loop.call_later(every_s, self._due)
+
+    def _due(self) -> None:
+        task = self._loop.create_task(self._quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._timer = self._loop.call_later(self._every_s, self._due)
+
+    async def _quietly(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self._refresh()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+def _envelope(raw: bytes | str | None) -> dict[str, Any] | None:
+    text = _text(raw) if raw is not None else ""
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000

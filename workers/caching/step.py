@@ -72,10 +72,17 @@ class CacheStep(Step):
                 watch=relay.follow if relay is not None else None)
             if relay is not None and isinstance(outcome, CachedAnswer):
                 outcome = await relay.settle(answered=True) or outcome
+        except BaseException:
+            ctx.outbox.add(self._coalescer.release(key, job.job_id))
+            raise
         finally:
             if relay is not None:
                 await relay.close()
-        return self._hit(ctx, outcome) if isinstance(outcome, CachedAnswer) else outcome
+        if isinstance(outcome, CachedAnswer):
+            return self._hit(ctx, outcome)
+        if not is_cacheable(outcome, ctx.primary_model):
+            ctx.outbox.add(self._coalescer.release(key, job.job_id))
+        return outcome
 
     async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
                     relay: StreamRelay | None) -> CompletionResult | CachedAnswer:
@@ -99,7 +106,7 @@ class CacheStep(Step):
         result = await call_next(ctx)
         assert isinstance(result, CompletionResult)
         if is_cacheable(result, ctx.primary_model):
-            await self._cache.put(key, CachedAnswer.of(result))
+            ctx.outbox.add(self._cache.write(key, CachedAnswer.of(result)))
             if self._semantic is not None:
                 await self._semantic.add(ctx, key, query)
         return result

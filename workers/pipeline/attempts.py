@@ -23,7 +23,8 @@ class QuotaGate(Protocol):
     """The providers' quotas, fleet-wide (``workers.admission``): wait for a model's
     turn before a call; hold a model's quota off for a 429's Retry-After."""
 
-    async def before_call(self, model: str, tokens: int, job_id: str) -> None: ...
+    async def before_call(self, model: str, tokens: int, job_id: str, *,
+                          prepaid: bool) -> None: ...
 
     async def rate_limited(self, model: str, retry_after: float) -> None: ...
 
@@ -57,10 +58,9 @@ class AttemptRunner:
         for attempt in range(1, max_retries + 2):
             deadline.check()
             if self.quotas is not None and quota is not None:
-                if quota.prepaid == model:
-                    quota.prepaid = None
-                else:
-                    await self.quotas.before_call(model, quota.tokens, quota.job_id)
+                prepaid, quota.prepaid = quota.prepaid == model, None
+                await self.quotas.before_call(model, quota.tokens, quota.job_id,
+                                              prepaid=prepaid)
             started = time.perf_counter()
             try:
                 value = await self._bounded(call, deadline)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
+
 from schemas import (
     AllModelsFailedError,
     Attempt,
@@ -47,7 +49,11 @@ class Pipeline:
     """Route a job, run it through the steps, and at the core walk its model chain."""
 
     def __init__(self, fleet: FleetConfig, providers: dict[str, Provider],
-                 breaker: Breaker, runner: AttemptRunner, steps: Sequence[Step] = ()) -> None:
+                 breaker: Breaker, runner: AttemptRunner, steps: Sequence[Step] = (),
+                 redis: aioredis.Redis | None = None) -> None:
+        #: Where ``complete`` and ``embed`` send a job's writes (the job bodies send
+        #: them themselves, with the job's outcome).
+        self.redis = redis
         self.fleet = fleet
         self.providers = providers
         self.breaker = breaker
@@ -81,14 +87,22 @@ class Pipeline:
         return await (self._complete if ctx.is_completion else self._embed)(ctx)
 
     async def complete(self, job: CompletionJob) -> CompletionResult:
-        result = await self.run(self.context(job))
+        """A job run here, not from the queue (its writes sent when it ends)."""
+        result = await self._run_whole(self.context(job))
         assert isinstance(result, CompletionResult)
         return result
 
     async def embed(self, job: EmbeddingJob) -> EmbeddingResult:
-        result = await self.run(self.context(job))
+        result = await self._run_whole(self.context(job))
         assert isinstance(result, EmbeddingResult)
         return result
+
+    async def _run_whole(self, ctx: JobContext) -> CompletionResult | EmbeddingResult:
+        try:
+            return await self.run(ctx)
+        finally:
+            if self.redis is not None:
+                await ctx.outbox.send(self.redis)
 
     async def close(self) -> None:
         for step in self.steps:

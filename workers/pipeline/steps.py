@@ -28,6 +28,7 @@ from schemas import (
 )
 from workers.pipeline.attempts import QuotaUse
 from workers.pipeline.deadline import Deadline
+from workers.pipeline.outbox import Outbox
 from workers.pipeline.streams import StreamSink
 
 __all__ = ["Handler", "JobContext", "Result", "Step", "compose"]
@@ -68,6 +69,8 @@ class JobContext:
     cancelled: bool = False
     #: What the job spends of providers' quotas (set when it was admitted under them).
     quota: QuotaUse | None = None
+    #: The writes the job makes when it ends, sent together (``workers.pipeline.outbox``).
+    outbox: Outbox = field(default_factory=Outbox)
 
     def __post_init__(self) -> None:
         if not self.primary_model and self.chain:

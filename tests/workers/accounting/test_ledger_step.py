@@ -40,7 +40,8 @@ def test_every_failure_leaves_one_row_named_by_its_class(redis_url: str, raised:
             ctx = _context()
             # Given a job whose inner layers raise; When it runs through the ledger step
             with pytest.raises(type(raised)):
-                await compose([LedgerStep(client)], inner)(ctx)
+                await compose([LedgerStep()], inner)(ctx)
+            await ctx.outbox.send(client)  # as the job's body sends it, at its end
             # Then its row is at the spool's tail, failed, under the error's class name
             raws = [r for r in await client.lrange(LEDGER_SPOOL, -20, -1)
                     if json.loads(r)["job_id"] == ctx.job.job_id]

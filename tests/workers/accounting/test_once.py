@@ -5,6 +5,7 @@ its stored outcome, success or failure."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -14,11 +15,14 @@ from schemas import (
     AllModelsFailedError,
     CompletionJob,
     CompletionResult,
+    FleetError,
     Usage,
+    encode_error,
+    encode_result,
     load_fleet_config,
 )
-from schemas.keys import JOB_CLAIM
-from workers.accounting.once import OnceStep
+from schemas.keys import JOB_STATE
+from workers.accounting.once import OnceStep, write_outcome
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.steps import JobContext, Result, compose
 
@@ -59,6 +63,23 @@ async def _workers(redis_url: str, count: int, lease_ms: int
     return [OnceStep(c, lease_ms=lease_ms, poll_s=0.05) for c in clients], clients
 
 
+async def _deliver(step: OnceStep, client: aioredis.Redis, job: CompletionJob,
+                   provider: Provider) -> Result:
+    """One delivery of ``job``, ended as a job body ends it (its outcome stored and
+    published)."""
+    try:
+        result = await compose([step], provider)(_context(job))
+        envelope = encode_result(result)
+    except FleetError as exc:
+        envelope, result = encode_error(exc), exc  # type: ignore[assignment]
+    async with client.pipeline(transaction=False) as pipe:
+        write_outcome(pipe, job.job_id, json.dumps(envelope))
+        await pipe.execute()
+    if isinstance(result, FleetError):
+        raise result
+    return result
+
+
 async def _close(steps: list[OnceStep], clients: list[aioredis.Redis]) -> None:
     for step, client in zip(steps, clients, strict=True):
         await step.close()
@@ -72,9 +93,9 @@ def test_a_second_delivery_of_a_running_job_waits_for_its_outcome(redis_url: str
         job = _job()
         try:
             # Given one job delivered to two workers at once
-            first = asyncio.ensure_future(compose([steps[0]], provider)(_context(job)))
+            first = asyncio.ensure_future(_deliver(steps[0], clients[0], job, provider))
             await asyncio.sleep(0.1)
-            second = compose([steps[1]], provider)(_context(job))
+            second = _deliver(steps[1], clients[1], job, provider)
             results = await asyncio.gather(first, second)
             return list(results), provider.calls
         finally:
@@ -93,10 +114,10 @@ def test_a_dead_holders_job_is_taken_over_when_its_lease_lapses(redis_url: str) 
         job = _job()
         try:
             # Given a claim left by a worker that died (nobody renews it)
-            await clients[0].set(JOB_CLAIM.format(job_id=job.job_id), "dead", px=600)
+            await clients[0].set(JOB_STATE.format(job_id=job.job_id), "run:dead", px=600)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            result = await compose([steps[0]], provider)(_context(job))
+            result = await _deliver(steps[0], clients[0], job, provider)
             return result, provider.calls, loop.time() - started
         finally:
             await _close(steps, clients)
@@ -119,7 +140,8 @@ def test_a_finished_job_is_answered_from_its_stored_outcome(redis_url: str,
             # Given a job that finished; When its message is delivered again
             for _ in range(2):
                 try:
-                    outcomes.append((await compose([steps[0]], provider)(_context(job))).content)
+                    outcomes.append((await _deliver(steps[0], clients[0], job,
+                                                    provider)).content)
                 except AllModelsFailedError as exc:
                     outcomes.append(type(exc).__name__)
             return outcomes, provider.calls

@@ -20,12 +20,16 @@ from schemas import (
     CompletionJob,
     CompletionResult,
     FleetConfig,
+    FleetError,
     ProviderServerError,
     Settings,
     Usage,
+    encode_error,
+    encode_result,
     load_fleet_config,
 )
 from schemas.cache_key import effective_max_tokens
+from workers.accounting.once import end_job
 from workers.caching.step import CacheStep
 from workers.pipeline.attempts import AttemptRunner
 from workers.pipeline.breaker import Breaker
@@ -101,9 +105,21 @@ async def steps(redis_url: str, count: int = 1, settings: Settings = ON,
         await http.aclose()
 
 
+async def through(step: CacheStep, ctx: JobContext, provider: Provider) -> Result:
+    """The step run on ``ctx`` and the job ended as its body ends it: its writes sent,
+    its outcome stored (identical jobs following it read it there)."""
+    try:
+        result = await step(ctx, provider)
+    except FleetError as exc:
+        await end_job(step._redis, ctx.job.job_id, encode_error(exc), ctx.outbox)
+        raise
+    await end_job(step._redis, ctx.job.job_id, encode_result(result), ctx.outbox)
+    return result
+
+
 async def run(step: CacheStep, j: CompletionJob, provider: Provider,
               fleet: FleetConfig = FLEET) -> CompletionResult:
-    result = await step(context(j, fleet), provider)
+    result = await through(step, context(j, fleet), provider)
     assert isinstance(result, CompletionResult)
     return result
 

@@ -15,7 +15,17 @@ import redis.asyncio as aioredis
 from schemas import CacheConfig, CompletionResult, ProviderServerError, Settings
 from schemas.cache_key import cache_key
 from schemas.keys import CACHE_LOCK
-from tests.workers.caching.helpers import FLEET, ON, Provider, context, job, run, steps, uid
+from tests.workers.caching.helpers import (
+    FLEET,
+    ON,
+    Provider,
+    context,
+    job,
+    run,
+    steps,
+    through,
+    uid,
+)
 
 # -- the step's policy ----------------------------------------------------------
 
@@ -28,7 +38,7 @@ def test_a_hit_answers_without_calling_on_and_records_what_it_saved(redis_url: s
             # When the same question comes from another agent and user
             again = job(text, agent="planner", user="u2")
             ctx = context(again)
-            hit = await step(ctx, provider)
+            hit = await through(step, ctx, provider)
             # Then no call was made, and the hit is the new job's, free, flagged
             assert provider.calls == 1 and isinstance(hit, CompletionResult)
             assert hit.content == first.content

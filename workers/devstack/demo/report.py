@@ -71,7 +71,7 @@ def show_accounting(client: FleetClient, redis_url: str, database_url: str,
     # What beat runs every minute, run now: it recomputes spend and alerts.
     task_id = f"demo-enforce-{run_id}"
     client._app.send_task(ENFORCE_BUDGETS, queue=ADMIN_QUEUE, task_id=task_id)
-    outcome = client._waiter.wait(task_id, 60)
+    outcome = client._waiter.wait_task(task_id, 60)
     name = demo_budget_name(run_id)
     with redis.Redis.from_url(redis_url) as fast:
         budgets = reports.budgets_state(engine, fast, fleet)
