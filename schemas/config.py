@@ -27,6 +27,7 @@ from schemas.sections import (
     ExperimentConfig,
     LimitConfig,
     ModelConfig,
+    MonitoringConfig,
     ProviderConfig,
     RetryConfig,
     Section,
@@ -44,6 +45,7 @@ __all__ = [
     "FleetConfig",
     "LimitConfig",
     "ModelConfig",
+    "MonitoringConfig",
     "ProviderConfig",
     "RetryConfig",
     "TierConfig",
@@ -75,6 +77,7 @@ class FleetConfig(Section):
     breaker: BreakerConfig = BreakerConfig()
     beat: BeatConfig = BeatConfig()
     cache: CacheConfig = CacheConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     default_tier: str = "simple"
     default_max_tokens: int = Field(default=1024, ge=1)
     #: Time zone of budget periods (a day starts at midnight there).

@@ -22,6 +22,7 @@ __all__ = [
     "ExperimentConfig",
     "LimitConfig",
     "ModelConfig",
+    "MonitoringConfig",
     "ProviderConfig",
     "RetryConfig",
     "Section",
@@ -107,6 +108,35 @@ class BeatConfig(Section):
     purge_expired_s: float = Field(default=3600.0, gt=0)
 
 
+class MonitoringConfig(Section):
+    """Operational alerts (``[monitoring]``): beat judges each tier, model and agent
+    over the last ``window_s`` of the ledger against these thresholds (None turns one
+    off). An alert fires once when its figure goes over its threshold and resolves once
+    when the figure falls under ``hysteresis`` times it; in between it stays as it was.
+    ENABLE_MONITORING=false in the environment turns it off as ``enabled = false`` does."""
+
+    enabled: bool = True
+    #: The sliding window judged, in seconds, ending at the evaluation.
+    window_s: float = Field(default=300.0, gt=0, le=86_400)
+    #: A tier, model or agent with fewer finished jobs in the window is not judged: its
+    #: alerts neither fire nor resolve until it has this many.
+    min_jobs: int = Field(default=20, ge=1)
+    #: Failed jobs over finished (succeeded or failed) jobs.
+    error_rate: float | None = Field(default=0.02, gt=0, le=1)
+    #: Mean submit-to-result latency of finished jobs, milliseconds.
+    avg_latency_ms: float | None = Field(default=8000.0, gt=0)
+    #: Their 95th percentile; off unless set.
+    p95_latency_ms: float | None = Field(default=None, gt=0)
+    #: Spend over finished jobs, USD.
+    cost_per_request: float | None = Field(default=0.10, gt=0)
+    #: A firing alert resolves when its figure is back under this share of its
+    #: threshold (0.8: an error-rate alert at 2% resolves under 1.6%), so a figure
+    #: hovering at the threshold does not fire again at every beat.
+    hysteresis: float = Field(default=0.8, gt=0, le=1)
+    #: Seconds between evaluations (beat's ``evaluate-alerts``).
+    interval_s: float = Field(default=60.0, gt=0)
+
+
 class BudgetConfig(Section):
     """A spending limit over a period and a scope."""
 
@@ -144,15 +174,18 @@ class LimitConfig(Section):
 class AdmissionConfig(Section):
     """How jobs are admitted (``[admission]``): provider quotas and priorities."""
 
-    #: Provider quotas are spread over the minute: at most this many seconds' worth of
-    #: a quota goes out at once, so a provider that counts per second sees no burst.
-    quota_burst_s: float = Field(default=1.0, gt=0, le=60)
+    #: Provider quotas are spread over the minute, one request after another (0), or
+    #: with at most this many seconds' worth at once.
+    quota_burst_s: float = Field(default=0.0, ge=0, le=60)
+    #: The share of a provider's quota the fleet leaves unused, for the jitter between
+    #: a turn and the request reaching the provider.
+    quota_headroom: float = Field(default=0.02, ge=0, le=0.5)
     #: The share of fetches a worker makes from the low-priority queues first, so low
     #: jobs move even while high ones keep every slot busy.
     low_share: float = Field(default=0.1, ge=0, le=0.5)
-    #: A low or normal job reserves provider quota at most this far ahead; beyond it,
-    #: it waits unreserved and looks again, so later high jobs are not queued behind it.
-    reserve_ahead_s: float = Field(default=2.0, gt=0, le=600)
+    #: A low or normal job reserves its turn at most this far ahead; beyond it, it waits
+    #: unreserved and looks again, so later high jobs are not queued behind it.
+    reserve_ahead_s: float = Field(default=10.0, gt=0, le=600)
 
 
 class CacheConfig(Section):

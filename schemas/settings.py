@@ -58,9 +58,15 @@ class Settings:
     cache_max_size: int = 10_000
     enable_cost_tracking: bool = True
     metrics_retention_days: int = 30
+    #: AUDIT_RETENTION_DAYS: days the audit log keeps its rows (0 keeps them forever);
+    #: beat's purge_expired deletes older ones.
+    audit_retention_days: int = 90
     daily_budget_limit: float | None = None
     monthly_budget_limit: float | None = None
     budget_alert_threshold: float = 0.8
+    #: ENABLE_MONITORING: false turns operational alerts off (beat's evaluation does
+    #: nothing), whatever ``[monitoring] enabled`` says.
+    enable_monitoring: bool = True
     #: Base URL of the provider simulator; when set, every provider is pointed at it.
     simulator_url: str | None = None
 
@@ -90,9 +96,11 @@ class Settings:
             cache_max_size=int(_number(env, "CACHE_MAX_SIZE", 10_000) or 0),
             enable_cost_tracking=_flag(env, "ENABLE_COST_TRACKING", True),
             metrics_retention_days=int(_number(env, "METRICS_RETENTION_DAYS", 30) or 0),
+            audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 90) or 0),
             daily_budget_limit=_number(env, "DAILY_BUDGET_LIMIT", None),
             monthly_budget_limit=_number(env, "MONTHLY_BUDGET_LIMIT", None),
             budget_alert_threshold=threshold or 0.8,
+            enable_monitoring=_flag(env, "ENABLE_MONITORING", True),
             simulator_url=env.get("LLMFLEET_SIMULATOR_URL") or None,
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -17,12 +18,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["budget_alerts", "experiment_outcomes", "experiments", "fleet_keys", "job_ledger",
-           "metadata", "metric_counters", "metric_latency", "metric_ttft", "metrics_rollup",
-           "prompt_templates", "rollup_watermark"]
+__all__ = ["audit_log", "budget_alerts", "experiment_outcomes", "experiments", "fleet_keys",
+           "job_ledger", "metadata", "metric_counters", "metric_latency", "metric_ttft",
+           "metrics_rollup", "operational_alerts", "prompt_templates", "rollup_watermark"]
 
 metadata = MetaData()
 
@@ -80,6 +82,38 @@ budget_alerts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("budget", "period_start", "level", name="uq_budget_alerts_once"),
 )
+
+#: Operational alerts (``workers.accounting.monitoring``): one row per firing, from the
+#: beat that fired it to the one that resolved it. At most one row per kind, scope and
+#: target is firing (``resolved_at`` NULL): the partial unique index below is how any
+#: number of beats agree on firing once, and the row lock of the update on resolving once.
+operational_alerts = Table(
+    "operational_alerts", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    #: The figure: "error_rate" | "avg_latency_ms" | "p95_latency_ms" | "cost_per_request".
+    Column("kind", String(32), nullable=False),
+    Column("scope", String(16), nullable=False),  # "tier" | "model" | "agent"
+    Column("target", String(200), nullable=False),
+    Column("threshold", Float, nullable=False),
+    #: Under this the alert resolves (the threshold times ``[monitoring] hysteresis``).
+    Column("resolve_below", Float, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("jobs", Integer, nullable=False),
+    Column("window_s", Float, nullable=False),
+    Column("message", Text, nullable=False),
+    #: Per channel (log, webhook, email): "sent", "failed: ...", or "off".
+    Column("deliveries", JSONB, nullable=False, default=dict),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolved_value", Float),
+    Column("resolved_jobs", Integer),
+    Column("resolve_message", Text),
+    Column("resolve_deliveries", JSONB),
+    Index("ix_operational_alerts_fired_at", "fired_at"),
+)
+Index("uq_operational_alerts_firing", operational_alerts.c.kind, operational_alerts.c.scope,
+      operational_alerts.c.target, unique=True,
+      postgresql_where=operational_alerts.c.resolved_at.is_(None))
 
 #: Hourly and daily figures per model, agent and tier, kept past the ledger's retention.
 metrics_rollup = Table(
@@ -213,4 +247,29 @@ experiment_outcomes = Table(
     Column("score", Float),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_experiment_outcomes_experiment", "experiment", "variant"),
+)
+
+#: Every administrative action, appended and never changed (``workers.store.audit``):
+#: a trigger refuses UPDATE, DELETE and TRUNCATE but the retention purge's DELETE
+#: (migration 0009). ``before`` and ``after`` hold ids and settings, never a secret.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: "admin-key", "dashboard:<session id>", "cli:<os user>@<host>", "system", ...
+    Column("actor", Text, nullable=False),
+    #: "key.create", "template.put", "dashboard.login_failed", "admin.<route>", ...
+    Column("action", Text, nullable=False),
+    #: "key:<key id>", "template:<name>", "experiment:<name>", ...
+    Column("resource", Text, nullable=False),
+    Column("before", JSONB(none_as_null=True)),
+    Column("after", JSONB(none_as_null=True)),
+    Column("outcome", Text, nullable=False),  # "ok" | "refused" | "error"
+    #: The HTTP client's address; NULL for the CLI and the fleet itself.
+    Column("address", Text),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_action_at", "action", "at"),
+    Index("ix_audit_log_actor_at", "actor", "at"),
+    Index("ix_audit_log_resource_at", "resource", "at"),
+    CheckConstraint("outcome IN ('ok', 'refused', 'error')", name="ck_audit_log_outcome"),
 )

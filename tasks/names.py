@@ -19,6 +19,7 @@ __all__ = [
     "EMBED",
     "EMBEDDINGS_QUEUE",
     "ENFORCE_BUDGETS",
+    "EVALUATE_ALERTS",
     "EXPERIMENTS_CREATE",
     "EXPERIMENTS_FEEDBACK",
     "EXPERIMENTS_GET",
@@ -46,6 +47,9 @@ EMBED = "llm.embed"
 BEAT_HEARTBEAT = "llm.beat_heartbeat"
 #: Beat: recompute budget spend from the ledger, repair the fast counters, alert.
 ENFORCE_BUDGETS = "llm.enforce_budgets"
+#: Beat: judge tiers, models and agents over ``[monitoring]``'s window; fire and resolve
+#: operational alerts, once each.
+EVALUATE_ALERTS = "llm.evaluate_alerts"
 #: Beat: hourly and daily metric roll-ups from the ledger.
 ROLLUP_METRICS = "llm.rollup_metrics"
 #: Beat: delete ledger rows past METRICS_RETENTION_DAYS (roll-ups stay).
@@ -90,8 +94,9 @@ _JOB_TASK: dict[str, Any] = {
     #: Retries happen inside the pipeline (backoff, Retry-After, fallback), not by
     #: re-enqueueing: the job keeps its one attempt log.
     "max_retries": 0,
-    #: Agents read results through the result backend.
-    "ignore_result": False,
+    #: No Celery result: a job's outcome goes to its state key and its client's reply
+    #: channel with the job's other writes (``workers.bodies.jobs``), one round trip.
+    "ignore_result": True,
 }
 
 #: Options of each task, applied where the bodies are bound.
@@ -104,6 +109,8 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     # harmless; results are kept for `llmfleet` to show what a run did.
     ENFORCE_BUDGETS: {"acks_late": True, "ignore_result": False},
     ROLLUP_METRICS: {"acks_late": True, "ignore_result": False},
+    # Firing and resolving are claimed in Postgres: a redelivery finds them claimed.
+    EVALUATE_ALERTS: {"acks_late": True, "ignore_result": False},
     PURGE_EXPIRED: {"acks_late": True, "ignore_result": False},
     AGENT_STATS: {"acks_late": False, "ignore_result": False},
     # A put is idempotent (the same body returns the same version), reads are reads.

@@ -74,7 +74,8 @@ def sim(simulator: object) -> Iterator[object]:
     simulator.configure(latency_ms=0, jitter_ms=0, error_rate=0, rate_limit_rate=0,  # type: ignore[attr-defined]
                         fail_models={}, known_models=None, context_limits={}, omit_usage=False,
                         malformed_rate=0, first_token_ms=0, token_ms=0,
-                        stream_failure_rate=0)
+                        stream_failure_rate=0, quota_rpm={}, quota_tpm={},
+                        quota_window_s=60.0)
     simulator.reset_stats()  # type: ignore[attr-defined]
     yield simulator
 

@@ -18,6 +18,7 @@ from tasks.names import (
     ADMIN_QUEUE,
     BEAT_HEARTBEAT,
     ENFORCE_BUDGETS,
+    EVALUATE_ALERTS,
     PURGE_EXPIRED,
     ROLLUP_METRICS,
 )
@@ -46,6 +47,7 @@ def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
             ("enforce-budgets", ENFORCE_BUDGETS, every.enforce_budgets_s),
             ("rollup-metrics", ROLLUP_METRICS, every.rollup_metrics_s),
             ("purge-expired", PURGE_EXPIRED, every.purge_expired_s),
+            ("evaluate-alerts", EVALUATE_ALERTS, fleet.monitoring.interval_s),
         )
     }
     celery.conf.update(settings)

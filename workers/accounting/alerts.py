@@ -1,10 +1,11 @@
-"""Budget alerts on their way out: always the log, a webhook and email when configured.
+"""Alerts on their way out (budget alerts, and the operational alerts of
+``workers.accounting.monitoring``): always the log, a webhook and email when configured.
 
 An alert matters most when something else is going wrong, so delivery never raises: a
 channel that fails is retried, then reported per channel in the returned dict (which
-``budget_alerts.deliveries`` keeps) and logged. Secrets stay out of every report: a
-webhook URL embeds its token, so it is named "webhook", never shown; the SMTP password
-never leaves ``_Email``.
+``budget_alerts.deliveries`` and ``operational_alerts.deliveries`` keep) and logged.
+Secrets stay out of every report: a webhook URL embeds its token, so it is named
+"webhook", never shown; the SMTP password never leaves ``_Email``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 
 from schemas import ConfigError
 
-__all__ = ["Alert", "Alerter"]
+__all__ = ["Alert", "Alerter", "Notice"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,29 @@ class Alert:
     limit_usd: float
     message: str
 
+    @property
+    def subject(self) -> str:
+        return f"budget {self.budget}: {self.level}"
+
+
+class Notice(Protocol):
+    """What a channel sends: a one-line subject and the message."""
+
+    @property
+    def subject(self) -> str:
+        """What it is about, in a few words (an email's subject, after "[llmfleet] ")."""
+
+    @property
+    def message(self) -> str:
+        """The whole message, one paragraph."""
+
 
 class _Channel(Protocol):
     @property
     def name(self) -> str:
         """The channel's key in a delivery report."""
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Notice) -> None:
         """Deliver once; raise on failure."""
 
     def secrets(self) -> tuple[str, ...]:
@@ -66,7 +83,7 @@ class _Webhook:
     url: str = field(repr=False)
     name: str = "webhook"
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Notice) -> None:
         with httpx.Client(timeout=WEBHOOK_TIMEOUT_S) as client:
             response = client.post(self.url, json={"text": alert.message})
         if not response.is_success:
@@ -95,9 +112,9 @@ class _Email:
     starttls: bool = False
     name: str = "email"
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Notice) -> None:
         message = EmailMessage()
-        message["Subject"] = f"[llmfleet] budget {alert.budget}: {alert.level}"
+        message["Subject"] = f"[llmfleet] {alert.subject}"
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
         message.set_content(alert.message + "\n")
@@ -153,16 +170,16 @@ class Alerter:
     def channels(self) -> list[str]:
         return ["log", *self._channels]
 
-    def deliver(self, alert: Alert) -> dict[str, str]:
+    def deliver(self, alert: Notice) -> dict[str, str]:
         """Per channel: "sent", "failed: <ExcClass>: <message>" or "off". Never raises."""
-        log.warning("budget alert: %s", alert.message)
+        log.warning("alert (%s): %s", alert.subject, alert.message)
         outcome = {"log": "sent"}
         for name in ("webhook", "email"):
             channel = self._channels.get(name)
             outcome[name] = "off" if channel is None else self._attempt(channel, alert)
         return outcome
 
-    def _attempt(self, channel: _Channel, alert: Alert) -> str:
+    def _attempt(self, channel: _Channel, alert: Notice) -> str:
         """Retry with a doubling pause; the last failure is the channel's report."""
         reason = "no attempt"
         for attempt in range(self._tries):
@@ -172,11 +189,11 @@ class Alerter:
                 channel.send(alert)
             except Exception as exc:  # any failure of a channel is reported, not raised
                 reason = _reason(exc, channel.secrets())
-                log.warning("alert for budget %s: %s attempt %d of %d failed: %s",
-                            alert.budget, channel.name, attempt + 1, self._tries, reason)
+                log.warning("alert (%s): %s attempt %d of %d failed: %s",
+                            alert.subject, channel.name, attempt + 1, self._tries, reason)
             else:
                 return "sent"
-        log.error("alert for budget %s: %s gave up after %d attempts", alert.budget,
+        log.error("alert (%s): %s gave up after %d attempts", alert.subject,
                   channel.name, self._tries)
         return f"failed: {reason}"
 

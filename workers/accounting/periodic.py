@@ -36,6 +36,7 @@ from workers.accounting.budgets import (
     period_of,
 )
 from workers.accounting.reports import budget_spend, ledger_measures, utc_now
+from workers.store import audit
 
 __all__ = ["enforce_budgets", "purge_expired", "rollup_metrics"]
 
@@ -249,15 +250,23 @@ def rollup_metrics(engine: Engine, now: dt.datetime | None = None,
             "late_since": None if late is None else late.isoformat()}
 
 
-def purge_expired(engine: Engine, retention_days: int,
-                  now: dt.datetime | None = None) -> dict[str, Any]:
+def purge_expired(engine: Engine, retention_days: int, now: dt.datetime | None = None,
+                  audit_retention_days: int = 90) -> dict[str, Any]:
     """Delete ledger rows older than ``retention_days`` (0 keeps them forever); the
-    roll-ups stay. Roll up first, so the rows' last buckets are complete."""
+    roll-ups stay. Roll up first, so the rows' last buckets are complete. Then the audit
+    log's rows older than ``audit_retention_days`` (AUDIT_RETENTION_DAYS, 90 unless
+    set; 0 keeps them), through the one DELETE its trigger lets through
+    (``workers.store.audit.purge``)."""
     now = utc_now(now)
-    if retention_days <= 0:
-        return {"deleted": 0, "before": None}
-    before = now - dt.timedelta(days=retention_days)
-    with engine.begin() as connection:
-        deleted = connection.execute(
-            job_ledger.delete().where(job_ledger.c.created_at < before)).rowcount
-    return {"deleted": deleted, "before": before.isoformat()}
+    summary: dict[str, Any] = {"deleted": 0, "before": None}
+    if retention_days > 0:
+        before = now - dt.timedelta(days=retention_days)
+        with engine.begin() as connection:
+            deleted = connection.execute(
+                job_ledger.delete().where(job_ledger.c.created_at < before)).rowcount
+        summary = {"deleted": deleted, "before": before.isoformat()}
+    if audit_retention_days > 0:
+        audit_before = now - dt.timedelta(days=audit_retention_days)
+        summary["audit_deleted"] = audit.purge(engine, audit_before)
+        summary["audit_before"] = audit_before.isoformat()
+    return summary

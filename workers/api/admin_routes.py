@@ -1,7 +1,12 @@
 """``/api/admin/ml-ops``: the fleet's figures for operators, behind
 ``Authorization: Bearer $LLMFLEET_ADMIN_KEY``; ``/health`` is public. With no admin key
 set the admin routes answer 503 saying so (never open by default). Figures come from
-the ledger through ``workers.accounting.reports``, equal to ``llmfleet costs`` and ``stats``."""
+the ledger through ``workers.accounting.reports``, equal to ``llmfleet costs`` and ``stats``.
+
+``/audit`` reads the audit log; a route here that changes state (any method but GET,
+HEAD and OPTIONS) is written to it by its route class, ``AuditedRoute``, as
+``admin.<route name>``: its caller (``admin-key`` or ``dashboard:<session id>``), path,
+outcome and address."""
 
 from __future__ import annotations
 
@@ -9,13 +14,17 @@ import asyncio
 import datetime as dt
 import hmac
 import time
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
 from schemas import parse_since
 from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
@@ -28,10 +37,11 @@ from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.keys import key_limits
 from workers.api.state import ApiState, state_of
+from workers.store import audit
 from workers.store import experiments as experiments_store
 
-__all__ = ["admin_session", "health_report", "limits_report", "public_router",
-           "require_admin", "router"]
+__all__ = ["AuditedRoute", "admin_session", "audit_actor", "audit_address", "health_report",
+           "limits_report", "public_router", "require_admin", "router"]
 
 PREFIX = "/api/admin/ml-ops"
 TimeRange = Literal["1h", "24h", "7d", "30d"]
@@ -76,17 +86,82 @@ async def require_admin(request: Request,
         await asyncio.to_thread(auth_guard(request).admit, client_address(request),
                                 failed=not right)
         if right:
+            request.state.audit_actor = "admin-key"
             return
-    if await admin_session(request) is None:
+    session = await admin_session(request)
+    if session is None:
         raise ApiError(401, "admin key required: Authorization: Bearer $LLMFLEET_ADMIN_KEY "
                        "(or log in at /dashboard)", "invalid_request_error",
                        code="invalid_admin_key")
+    request.state.audit_actor = session.actor
+
+
+def audit_actor(request: Request) -> str | None:
+    """Who the audit log names for an admitted request (``require_admin`` sets it):
+    ``admin-key`` or ``dashboard:<session id>``; None before admission."""
+    actor = getattr(request.state, "audit_actor", None)
+    return actor if isinstance(actor, str) else None
+
+
+def audit_address(request: Request) -> str | None:
+    """The client's address as the audit log keeps it: the host uvicorn resolved (the
+    client's, from X-Forwarded-For, behind a trusted proxy), whole (the failure guard
+    counts an IPv6 address by its /64; the log keeps the address itself)."""
+    return request.client.host[:100] if request.client else None
+
+
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class AuditedRoute(APIRoute):
+    """A route whose every admitted call that may change state (a method other than
+    GET, HEAD, OPTIONS) is one audit row ``admin.<route name>``: outcome ok for 2xx and
+    3xx, refused for 4xx, error for 5xx or an exception. Calls refused before admission
+    (no or a wrong key) are not rows: no admin acted, and the failure guard limits them."""
+
+    def get_route_handler(self) -> _Handler:
+        handler: _Handler = super().get_route_handler()
+        if not (self.methods or set()) - _READS:
+            return handler
+        action = f"admin.{self.name}"
+
+        async def audited(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                await _audit(request, action, _status_of(exc))
+                raise
+            await _audit(request, action, response.status_code)
+            return response
+
+        return audited
+
+
+def _status_of(exc: Exception) -> int:
+    """The status an exception out of a route answers with (``install_handlers``)."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    return 400 if isinstance(exc, RequestValidationError) else 500
+
+
+async def _audit(request: Request, action: str, status: int) -> None:
+    actor = audit_actor(request)
+    if actor is None:
+        return
+    outcome: audit.Outcome = "ok" if status < 400 else "refused" if status < 500 else "error"
+    await asyncio.to_thread(
+        audit.record, state_of(request).engine, actor, action, request.url.path,
+        after={"method": request.method, "status": status}, outcome=outcome,
+        address=audit_address(request))
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 429, 503)}
 router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_admin)], responses=_ERRORS,
-                   tags=["admin"])
+                   tags=["admin"], route_class=AuditedRoute)
 public_router = APIRouter(prefix=PREFIX, tags=["admin"])
 
 
@@ -159,9 +234,13 @@ async def spend(request: Request, time_range: TimeRange = "24h",
 @router.get("/alerts")
 async def alerts(request: Request,
                  limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
-    """The newest budget alerts, each with its delivery per channel."""
-    rows = await asyncio.to_thread(breakdowns.recent_alerts, state_of(request).engine, limit)
-    return {"alerts": rows}
+    """The newest budget alerts, each with its delivery per channel; and under
+    ``operational`` the operational alerts (error rate, latency, cost per request of a
+    tier, model or agent): how many fire now, and the newest, those firing first."""
+    engine = state_of(request).engine
+    rows = await asyncio.to_thread(breakdowns.recent_alerts, engine, limit)
+    operational = await asyncio.to_thread(queries.operational_alerts_page, engine, limit)
+    return {"alerts": rows, "operational": operational}
 
 
 @router.get("/fleet")
@@ -183,6 +262,29 @@ async def experiments(request: Request) -> dict[str, Any]:
     per variant jobs, outcomes, success rate and interval, latency, cost; p-value and
     winner."""
     return await asyncio.to_thread(_experiments, state_of(request))
+
+
+@router.get("/audit")
+async def audit_log(request: Request, since: str = "7d", until: str | None = None,
+                    actor: Annotated[str | None, Query(max_length=300)] = None,
+                    action: Annotated[str | None, Query(max_length=100)] = None,
+                    resource: Annotated[str | None, Query(max_length=500)] = None,
+                    limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 100,
+                    offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    """The audit log, newest first: every administrative action (who, what, on which
+    resource, outcome, client address, before and after) from ``since`` ("24h", "7d",
+    an ISO time) until ``until``; ``actor``, ``action`` and ``resource`` match exactly,
+    or a prefix with a trailing ``*`` (``action=key.*``). ``llmfleet audit`` answers
+    the same."""
+    start = _since(since)
+    try:
+        end = None if until is None else parse_since(until)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="until") from None
+    rows = await asyncio.to_thread(
+        audit.query, state_of(request).engine, since=start, until=end, actor=actor,
+        action=action, resource=resource, limit=limit, offset=offset)
+    return {"entries": rows, "limit": limit, "offset": offset}
 
 
 def limits_report(state: ApiState) -> dict[str, Any]:

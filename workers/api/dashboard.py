@@ -6,6 +6,12 @@ cookie. Login takes the admin key in a POST body (JSON or a form, never the URL)
 answers with a signed session token in an HttpOnly, SameSite=Strict cookie; the key is
 not stored anywhere. Every file the page needs ships in this package (plotly.js comes
 from the ``plotly`` wheel), so it works with no network.
+
+Every login, refused login and logout is an audit row (``dashboard.login``,
+``dashboard.login_failed``, ``dashboard.logout``) naming the session by its id, never by
+its token, and the client's address. A login refused with 429 (the address is over its
+failure limit) is not one: the guard refuses those without reading the key, and a flood
+of them must not become a flood of rows.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from starlette.datastructures import MutableHeaders
 
 from schemas.keys import DASHBOARD_LOGGED_OUT
 from workers.api import sessions
-from workers.api.admin_routes import admin_session
+from workers.api.admin_routes import admin_session, audit_address
 from workers.api.auth_guard import auth_guard, client_address
 from workers.api.errors import ApiError, error_response
 from workers.api.state import state_of
+from workers.store import audit
 
 __all__ = ["PREFIX", "SECURITY_HEADERS", "DashboardHeaders", "plotly_name", "router"]
 
@@ -199,16 +206,27 @@ async def login(request: Request) -> Response:
     await asyncio.to_thread(auth_guard(request).admit, client_address(request),
                             failed=not right)
     if not right:
+        await _audit(request, "anonymous", "dashboard.login_failed", "refused",
+                     {"reason": "wrong admin key"})
         await asyncio.sleep(_REFUSAL_DELAY_S)
         raise ApiError(401, "wrong admin key", code="invalid_admin_key")
     token, session = sessions.issue(expected)
     expires = dt.datetime.fromtimestamp(session.expires_at, dt.UTC)
+    await _audit(request, session.actor, "dashboard.login", "ok",
+                 {"session": session.id, "expires_at": expires.isoformat()})
     response: Response = RedirectResponse(PREFIX, status_code=303) if is_form else \
         JSONResponse({"ok": True, "expires_at": expires.isoformat()})
     response.set_cookie(sessions.COOKIE, token, max_age=sessions.TTL_S, path="/",
                         httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response
+
+
+async def _audit(request: Request, actor: str, action: str, outcome: audit.Outcome,
+                 after: dict[str, Any]) -> None:
+    await asyncio.to_thread(audit.record, state_of(request).engine, actor, action,
+                            "dashboard", after=after, outcome=outcome,
+                            address=audit_address(request))
 
 
 def _forget(redis: Any, session: sessions.Session) -> None:
@@ -223,14 +241,18 @@ async def logout(request: Request) -> Response:
     session = sessions.verify(token, state.admin_key) if token and state.admin_key else None
     response: Response = JSONResponse({"ok": True})
     if session is not None:
+        outcome: audit.Outcome = "ok"
         try:
             await asyncio.to_thread(_forget, state.redis, session)
         except (RedisError, OSError):
             log.warning("logout: Redis is unreachable; the session lapses at its expiry")
+            outcome = "error"
             response = error_response(ApiError(
                 503, "logged out in this browser, but Redis is unreachable: the session "
                 "stays valid elsewhere until it expires", "fleet_unavailable",
                 code="fleet_unavailable"))
+        await _audit(request, session.actor, "dashboard.logout", outcome,
+                     {"session": session.id})
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")
     return response

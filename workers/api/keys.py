@@ -7,6 +7,9 @@ leaked table grants nothing. The key names the agent and user that budgets and t
 ledger see: a caller cannot claim another agent. It may carry limits of its own
 (requests and tokens per minute, jobs in flight: the limit ``key-<key_id>``, enforced by
 admission beside the fleet file's) and the priority of its jobs.
+
+Making and revoking a key is written to the audit log (``workers.store.audit``) by its
+id, and so is a key first seen expired by a verifier (``key.expire``, once).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from sqlalchemy.engine import RowMapping
 
 from schemas import PRIORITIES, LimitConfig, Priority
 from schemas.tables import fleet_keys
+from workers.store import audit
 
 __all__ = ["LIMIT_MODES", "FleetKey", "KeyLimits", "KeyVerifier", "LimitMode", "create_key",
-           "key_limits", "list_keys", "revoke_key"]
+           "key_limits", "key_resource", "list_keys", "revoke_key"]
 
 _KEY = re.compile(r"^lfk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+#: What an operator may type as a key's id: the id, or by mistake the whole key.
+_KEY_ID = re.compile(r"^(?:lfk_)?([0-9a-f]{12})(?:_.*)?$", re.DOTALL)
 
 _KEYS = fleet_keys
 
@@ -100,21 +106,34 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_resource(key_id: str) -> str:
+    """The audit log's name of a key: ``key:<key_id>``; the id alone even when the
+    whole key was typed, and never anything that is not an id."""
+    match = _KEY_ID.match(key_id.strip())
+    return f"key:{match[1]}" if match else "key:(not a key id)"
+
+
 def create_key(engine: Engine, agent: str, user: str | None,
-               expires_in: dt.timedelta | None = None,
-               limits: KeyLimits | None = None) -> tuple[str, str]:
+               expires_in: dt.timedelta | None = None, limits: KeyLimits | None = None,
+               *, actor: str = audit.INTERNAL, address: str | None = None
+               ) -> tuple[str, str]:
     """Store a new key for ``agent`` and ``user``, with ``limits`` of its own and its
-    jobs' priority; (key_id, key). The key is shown once: only its hash is kept."""
+    jobs' priority; (key_id, key). The key is shown once: only its hash is kept. The
+    audit log records ``actor`` making it (its id and settings, never the key)."""
     limits = limits or KeyLimits()
     key_id = secrets.token_hex(6)
     key = f"lfk_{key_id}_{secrets.token_urlsafe(32)}"
     now = dt.datetime.now(dt.UTC)
-    with engine.begin() as connection:
-        connection.execute(insert(_KEYS).values(
-            key_id=key_id, key_hash=_hash(key), agent=agent, user_id=user, created_at=now,
-            expires_at=now + expires_in if expires_in else None, rpm=limits.rpm,
-            tpm=limits.tpm, concurrency=limits.concurrency, limit_mode=limits.mode,
-            priority=limits.priority))
+    values = {"agent": agent, "user_id": user,
+              "expires_at": now + expires_in if expires_in else None, "rpm": limits.rpm,
+              "tpm": limits.tpm, "concurrency": limits.concurrency,
+              "limit_mode": limits.mode, "priority": limits.priority}
+    with audit.recording(engine, actor, "key.create", key_resource(key_id),
+                         address=address) as entry:
+        with engine.begin() as connection:
+            connection.execute(insert(_KEYS).values(
+                key_id=key_id, key_hash=_hash(key), created_at=now, **values))
+        entry.after = values
     return key_id, key
 
 
@@ -147,13 +166,22 @@ def key_limits(engine: Engine) -> list[LimitConfig]:
     return [config for config in configs if config is not None]
 
 
-def revoke_key(engine: Engine, key_id: str) -> bool:
-    """Revoke a key by its id; False when no live key has that id."""
-    with engine.begin() as connection:
-        result = connection.execute(
-            update(_KEYS).where(_KEYS.c.key_id == key_id, _KEYS.c.revoked_at.is_(None))
-            .values(revoked_at=dt.datetime.now(dt.UTC)))
-    return result.rowcount > 0
+def revoke_key(engine: Engine, key_id: str, *, actor: str = audit.INTERNAL,
+               address: str | None = None) -> bool:
+    """Revoke a key by its id; False when no live key has that id. The audit log
+    records ``actor``'s attempt either way (refused when there was nothing to revoke)."""
+    now = dt.datetime.now(dt.UTC)
+    with audit.recording(engine, actor, "key.revoke", key_resource(key_id),
+                         address=address) as entry:
+        with engine.begin() as connection:
+            result = connection.execute(
+                update(_KEYS).where(_KEYS.c.key_id == key_id, _KEYS.c.revoked_at.is_(None))
+                .values(revoked_at=now))
+        if result.rowcount == 0:
+            entry.outcome, entry.after = "refused", {"reason": "no live key has this id"}
+            return False
+        entry.before, entry.after = {"revoked_at": None}, {"revoked_at": now}
+    return True
 
 
 class KeyVerifier:
@@ -173,6 +201,8 @@ class KeyVerifier:
         self._ttl, self._wrong_ttl, self._max_wrong = ttl_s, wrong_ttl_s, max_wrong
         self._lock = threading.Lock()
         self._known: dict[str, tuple[float, FleetKey]] = {}  # sha256 -> (until, key)
+        # Keys whose expiry this process has written to the audit log (bounded).
+        self._expiry_noted: set[str] = set()
         # sha256 -> until; one TTL for all, so insertion order is expiry order and the
         # oldest entry is the first to go.
         self._wrong: OrderedDict[str, float] = OrderedDict()
@@ -233,6 +263,20 @@ class KeyVerifier:
             return None
         expires = row["expires_at"]
         if expires is not None and expires <= dt.datetime.now(dt.UTC):
+            self._note_expiry(key_id, expires)
             return None
         return FleetKey(key_id=key_id, agent=row["agent"], user=row["user_id"],
                         expires_at=expires, limits=KeyLimits.of_row(row))
+
+    def _note_expiry(self, key_id: str, expires: dt.datetime) -> None:
+        """The audit log's ``key.expire``, once per key however many processes see it
+        (``record_once``), and one query per key and process at most."""
+        with self._lock:
+            if key_id in self._expiry_noted:
+                return
+            if len(self._expiry_noted) > 10_000:
+                self._expiry_noted.clear()
+            self._expiry_noted.add(key_id)
+        audit.record_once(self._engine, audit.SYSTEM, "key.expire", key_resource(key_id),
+                          before={"expires_at": expires},
+                          after={"seen_expired_at": dt.datetime.now(dt.UTC)})

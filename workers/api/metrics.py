@@ -90,7 +90,13 @@ class FleetCollector(Collector):
             counters = connection.execute(select(metric_counters)).mappings().all()
             latency = connection.execute(select(metric_latency)).mappings().all()
             ttft = connection.execute(select(metric_ttft)).mappings().all()
-        return [*self._families(counters),
+            alerts = queries.alert_states(connection)
+        firing = GaugeMetricFamily("llmfleet_alert_firing", "Whether an operational alert "
+                                   "fires now (1) or has resolved (0).",
+                                   labels=["kind", "scope", "target"])
+        for kind, scope, target, on in alerts:
+            firing.add_metric([kind, scope, target], 1 if on else 0)
+        return [*self._families(counters), firing,
                 self._histogram("llmfleet_job_latency_seconds", "Submit-to-result latency "
                                 "of jobs that reached a provider or the cache.", latency),
                 self._histogram("llmfleet_job_ttft_seconds", "Submit-to-first-chunk time "

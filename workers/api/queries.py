@@ -10,16 +10,16 @@ import datetime as dt
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from schemas import FleetConfig
-from schemas.tables import job_ledger
+from schemas.tables import job_ledger, operational_alerts
 from tasks.celery_config import fleet_queues
 from workers.accounting import reports
 from workers.store.figures import with_rates
 
-__all__ = ["TIME_RANGES", "costs_page", "metrics_page", "queue_depths",
-           "start_of_day", "workers_per_queue"]
+__all__ = ["TIME_RANGES", "alert_states", "costs_page", "metrics_page",
+           "operational_alerts_page", "queue_depths", "start_of_day", "workers_per_queue"]
 
 #: The admin API's time ranges and the bucket of each one's series.
 TIME_RANGES: dict[str, tuple[dt.timedelta, str]] = {
@@ -108,3 +108,38 @@ def workers_per_queue(control: Any, fleet: FleetConfig,
             if name in counts:
                 counts[name] += 1
     return sorted(answers), counts
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def operational_alerts_page(engine: Engine, limit: int = 20) -> dict[str, Any]:
+    """Operational alerts (``workers.accounting.monitoring``): how many fire now, and
+    the newest ``limit``, those firing first, then by when they last changed."""
+    a = operational_alerts.c
+    changed = func.coalesce(a.resolved_at, a.fired_at)
+    query = select(operational_alerts).order_by(a.resolved_at.is_not(None), changed.desc(),
+                                                a.id.desc()).limit(limit)
+    count = select(func.count()).where(a.resolved_at.is_(None))
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+        firing = int(connection.execute(count).scalar_one())
+    return {"firing": firing, "alerts": [{
+        "id": r["id"], "kind": r["kind"], "scope": r["scope"], "target": r["target"],
+        "state": "firing" if r["resolved_at"] is None else "resolved",
+        "value": r["value"], "threshold": r["threshold"], "resolve_below": r["resolve_below"],
+        "jobs": r["jobs"], "window_s": r["window_s"], "message": r["message"],
+        "deliveries": dict(r["deliveries"] or {}), "fired_at": _when(r["fired_at"]),
+        "resolved_at": _when(r["resolved_at"]), "resolved_value": r["resolved_value"],
+        "resolve_message": r["resolve_message"],
+        "resolve_deliveries": dict(r["resolve_deliveries"] or {})} for r in rows]}
+
+
+def alert_states(connection: Connection) -> list[tuple[str, str, str, bool]]:
+    """(kind, scope, target, firing now) of every alert that ever fired, for
+    ``llmfleet_alert_firing``: a resolved alert stays a series, at 0."""
+    a = operational_alerts.c
+    query = select(a.kind, a.scope, a.target, func.bool_or(a.resolved_at.is_(None))) \
+        .group_by(a.kind, a.scope, a.target).order_by(a.kind, a.scope, a.target)
+    return [(str(k), str(s), str(t), bool(f)) for k, s, t, f in connection.execute(query)]

@@ -36,6 +36,16 @@ class Session:
     nonce: str
     expires_at: int
 
+    @property
+    def id(self) -> str:
+        """What the audit log names the session by (``dashboard:<id>``): a hash of its
+        nonce, so that the log never holds what logout revokes."""
+        return hashlib.sha256(f"{_SALT}:{self.nonce}".encode()).hexdigest()[:16]
+
+    @property
+    def actor(self) -> str:
+        return f"dashboard:{self.id}"
+
 
 class _Signer(TimestampSigner):
     """The signer, its clock settable (``now``) so that tests can travel in time."""

@@ -15,10 +15,11 @@ from tasks.names import (
     AGENT_STATS,
     BEAT_HEARTBEAT,
     ENFORCE_BUDGETS,
+    EVALUATE_ALERTS,
     PURGE_EXPIRED,
     ROLLUP_METRICS,
 )
-from workers.accounting import periodic, reports
+from workers.accounting import monitoring, periodic, reports
 from workers.accounting.alerts import Alerter
 from workers.bodies.database import with_ledger
 from workers.runtime import WorkerRuntime, get_runtime
@@ -43,6 +44,20 @@ def enforce_budgets() -> dict[str, Any]:
     return with_ledger(work)
 
 
+def evaluate_alerts() -> dict[str, Any]:
+    """Operational alerts over ``[monitoring]``'s window; nothing at all (not even a
+    database connection) with ENABLE_MONITORING=false or ``[monitoring] enabled =
+    false``."""
+    runtime = get_runtime()
+    if not (runtime.settings.enable_monitoring and runtime.fleet.monitoring.enabled):
+        return {"skipped": "monitoring is off (ENABLE_MONITORING, [monitoring] enabled)"}
+
+    def work(runtime: WorkerRuntime, engine: Engine) -> dict[str, Any]:
+        return monitoring.evaluate_alerts(engine, runtime.fleet.monitoring,
+                                          Alerter.from_env(os.environ))
+    return with_ledger(work)
+
+
 def rollup_metrics() -> dict[str, Any]:
     return with_ledger(lambda runtime, engine: periodic.rollup_metrics(
         engine, retention_days=runtime.settings.metrics_retention_days))
@@ -50,7 +65,8 @@ def rollup_metrics() -> dict[str, Any]:
 
 def purge_expired() -> dict[str, Any]:
     return with_ledger(lambda runtime, engine: periodic.purge_expired(
-        engine, runtime.settings.metrics_retention_days))
+        engine, runtime.settings.metrics_retention_days,
+        audit_retention_days=runtime.settings.audit_retention_days))
 
 
 def agent_stats(agent: str, since: str | None = None) -> dict[str, Any]:
@@ -62,5 +78,6 @@ def agent_stats(agent: str, since: str | None = None) -> dict[str, Any]:
 #: Bound by ``workers.bodies.bind_tasks``.
 HOUSEKEEPING_BODIES: dict[str, Callable[..., Any]] = {
     BEAT_HEARTBEAT: beat_heartbeat, ENFORCE_BUDGETS: enforce_budgets,
+    EVALUATE_ALERTS: evaluate_alerts,
     ROLLUP_METRICS: rollup_metrics, PURGE_EXPIRED: purge_expired, AGENT_STATS: agent_stats,
 }

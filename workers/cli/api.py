@@ -11,7 +11,7 @@ from typing import cast
 import click
 
 from schemas import load_config
-from workers.cli.database import database_engine
+from workers.cli.database import cli_actor, database_engine
 
 __all__ = ["api_command", "keys_group"]
 
@@ -109,7 +109,8 @@ def create(agent: str, user: str | None, expires: str | None, rpm: int | None,
     limits = KeyLimits(rpm=rpm, tpm=tpm, concurrency=concurrency,
                        mode=cast(LimitMode, limit_mode or "reject"),
                        priority=cast(Priority, priority))
-    key_id, key = create_key(database_engine(), agent, user, lifetime, limits)
+    key_id, key = create_key(database_engine(), agent, user, lifetime, limits,
+                             actor=cli_actor())
     if as_json:
         click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user,
                                "rpm": rpm, "tpm": tpm, "concurrency": concurrency,
@@ -157,6 +158,6 @@ def revoke(key_id: str) -> None:
     """Revoke a key by its id; API processes stop accepting it within seconds."""
     from workers.api.keys import revoke_key
 
-    if not revoke_key(database_engine(), key_id):
+    if not revoke_key(database_engine(), key_id, actor=cli_actor()):
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

@@ -1,10 +1,12 @@
 """The fleet's servers as a command reaches them: the settings, the fleet file, the
 ledger's engine (migrated, so that a fresh embedded database answers too) and the Redis
 URL. A server that does not answer is one line naming it, never a traceback (and never
-its URL: it may carry a password)."""
+its URL: it may carry a password). And who the command's user is, for the audit log."""
 
 from __future__ import annotations
 
+import getpass
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import FleetConfig, Settings, load_config
 
-__all__ = ["FleetServers", "database_engine", "fleet_servers"]
+__all__ = ["FleetServers", "cli_actor", "database_engine", "fleet_servers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,15 @@ def fleet_servers() -> Iterator[FleetServers]:
     except SQLAlchemyError as exc:
         raise click.ClickException(f"Postgres does not answer ({type(exc).__name__}): start "
                                    "it or point DATABASE_URL at one") from None
+
+
+def cli_actor() -> str:
+    """The audit log's actor of a command: ``cli:<os user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def database_engine() -> Engine:

@@ -12,7 +12,7 @@ import click
 from sqlalchemy import Engine
 
 from schemas import ExperimentError, TemplateError, load_config
-from workers.cli.database import database_engine
+from workers.cli.database import cli_actor, database_engine
 from workers.store import experiments as store
 from workers.store.statistics import figure, verdict
 
@@ -38,7 +38,7 @@ def _engine() -> Engine:
     """The database, holding the fleet file's experiments too."""
     engine = database_engine()
     try:
-        store.declare(engine, load_config()[1].experiments)
+        store.declare(engine, load_config()[1].experiments, actor=cli_actor())
     except (ExperimentError, TemplateError) as exc:
         raise click.ClickException(f"the fleet file's experiments: {exc}") from None
     return engine
@@ -124,9 +124,10 @@ def create(name: str, variants: tuple[str, ...], unit: str, primary_metric: str,
     spec = _pairs("--evaluator", evaluator) if evaluator else None
     engine = _engine()
     try:
-        made = store.create(engine, name, unit, primary_metric, parsed, alpha, spec)
+        made = store.create(engine, name, unit, primary_metric, parsed, alpha, spec,
+                            actor=cli_actor())
         if start:
-            made = store.set_status(engine, name, "running")
+            made = store.set_status(engine, name, "running", actor=cli_actor())
     except (ExperimentError, TemplateError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(f"{name}: {made['status']}, variants "
@@ -151,7 +152,7 @@ def report(name: str, as_json: bool) -> None:
 
 def _move(name: str, status: str) -> None:
     try:
-        done = store.set_status(_engine(), name, status)
+        done = store.set_status(_engine(), name, status, actor=cli_actor())
     except (ExperimentError, TemplateError) as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(f"{name}: {done['status']}" + (f", winner {done['winner']}"

@@ -107,9 +107,21 @@ def beat(loglevel: str) -> None:
               type=click.FloatRange(0, 1),
               help="Share of streams that fail after some deltas (an error event, then the "
               "end of the stream).")
+@click.option("--quota-rpm", multiple=True, metavar="MODEL=N",
+              help="A provider quota: requests per minute of a wire model, answered 429 "
+              "past it (repeatable).")
+@click.option("--quota-tpm", multiple=True, metavar="MODEL=N",
+              help="A provider quota: tokens (prompt and max_tokens) per minute of a wire "
+              "model (repeatable).")
+@click.option("--quota-window-s", default=60.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="The sliding window quotas are counted over (a provider that counts per "
+              "second: 1).")
 def simulator(host: str, port: int, latency_ms: float, error_rate: float,
               rate_limit_rate: float, retry_after: int, malformed_rate: float,
-              first_token_ms: float, token_ms: float, stream_failure_rate: float) -> None:
+              first_token_ms: float, token_ms: float, stream_failure_rate: float,
+              quota_rpm: tuple[str, ...], quota_tpm: tuple[str, ...],
+              quota_window_s: float) -> None:
     """Serve the provider simulator (OpenAI and Anthropic wire formats) over HTTP.
 
     Point a fleet at it with LLMFLEET_SIMULATOR_URL=http://HOST:PORT. Change its
@@ -121,10 +133,25 @@ def simulator(host: str, port: int, latency_ms: float, error_rate: float,
     config = SimulatorConfig(latency_ms=latency_ms, error_rate=error_rate,
                              rate_limit_rate=rate_limit_rate, retry_after_s=retry_after,
                              malformed_rate=malformed_rate, first_token_ms=first_token_ms,
-                             token_ms=token_ms, stream_failure_rate=stream_failure_rate)
+                             token_ms=token_ms, stream_failure_rate=stream_failure_rate,
+                             quota_rpm=_per_model(quota_rpm, "--quota-rpm"),
+                             quota_tpm=_per_model(quota_tpm, "--quota-tpm"),
+                             quota_window_s=quota_window_s)
     click.echo(f"provider simulator on http://{host}:{port} "
                f"(OpenAI at /v1, Anthropic at /v1/messages)")
     run_simulator(host=host, port=port, config=config)
+
+
+def _per_model(pairs: tuple[str, ...], option: str) -> dict[str, int]:
+    """``MODEL=N`` pairs (a model name may hold ``=``: the last one splits)."""
+    quotas: dict[str, int] = {}
+    for pair in pairs:
+        model, _, number = pair.rpartition("=")
+        if not model or not number.isdigit() or int(number) < 1:
+            raise click.BadParameter(f"{pair!r}: expected MODEL=N with N >= 1",
+                                     param_hint=option)
+        quotas[model] = int(number)
+    return quotas
 
 
 @click.command()

@@ -12,7 +12,8 @@ from workers.accounting.dead_letters import (
     list_dead_letters,
     replay_dead_letters,
 )
-from workers.cli.database import fleet_servers
+from workers.cli.database import cli_actor, fleet_servers
+from workers.store import audit
 
 __all__ = ["ledger_group"]
 
@@ -52,7 +53,10 @@ def replay() -> None:
     with fleet_servers() as servers:
         client = redis.Redis.from_url(servers.redis_url)
         try:
-            moved = replay_dead_letters(client)
+            with audit.recording(servers.engine, cli_actor(), "ledger.replay",
+                                 "ledger:dead-letters") as entry:
+                moved = replay_dead_letters(client)
+                entry.after = {"moved": moved}
         finally:
             client.close()
     click.echo(f"moved {moved} row(s) back to the spool")

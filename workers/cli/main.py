@@ -38,6 +38,7 @@ def cli(log_level: str) -> None:
 def _add_commands() -> None:
     """Every command family, each in its own module."""
     from workers.cli.api import api_command, keys_group
+    from workers.cli.audit import audit_command
     from workers.cli.experiments import experiments_group
     from workers.cli.fleet import FLEET_COMMANDS
     from workers.cli.ledger import ledger_group
@@ -46,7 +47,7 @@ def _add_commands() -> None:
     from workers.cli.templates import templates_group
 
     for command in [*FLEET_COMMANDS, *REPORT_COMMANDS, api_command, keys_group, templates_group,
-                    experiments_group, ledger_group, limits_command]:
+                    experiments_group, ledger_group, limits_command, audit_command]:
         cli.add_command(command)
 
 

@@ -14,7 +14,7 @@ import click
 
 from schemas import TemplateError
 from tasks.templates import render
-from workers.cli.database import database_engine
+from workers.cli.database import cli_actor, database_engine
 from workers.store import templates as templates_store
 
 __all__ = ["templates_group"]
@@ -56,7 +56,8 @@ def put(name: str, file: Any, category: str | None) -> None:
     """Store FILE ('-' for stdin) as NAME's next version (unchanged text: same version)."""
     body = file.read()
     try:
-        version = templates_store.put(database_engine(), name, body, category)
+        version = templates_store.put(database_engine(), name, body, category,
+                                      actor=cli_actor())
     except TemplateError as exc:
         raise _fail(exc) from None
     click.echo(f"{name} v{version}")
@@ -112,7 +113,7 @@ def render_command(name: str, version: int | None, pairs: tuple[str, ...],
 def sync(directory: Path, as_json: bool) -> None:
     """Load every *.j2 under DIRECTORY (sub-folder = category); changed files only."""
     try:
-        report = templates_store.sync_dir(database_engine(), directory)
+        report = templates_store.sync_dir(database_engine(), directory, actor=cli_actor())
     except TemplateError as exc:
         raise _fail(exc) from None
     if as_json:

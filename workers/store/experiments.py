@@ -3,6 +3,10 @@
 Which job belonged to which variant is read from the ledger (``metadata`` carries
 ``experiment`` and ``variant``, set by the client at submit), so feedback needs only a
 job id and the report joins outcomes, latency and cost on ``job_id``.
+
+Creating, starting and stopping an experiment is written to the audit log
+(``experiment.create``, ``experiment.start``, ``experiment.stop``), the fleet file's
+experiments too when ``declare`` writes them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
-from schemas import ExperimentConfig, ExperimentError, ExperimentNotFoundError, UnknownJobError
+from schemas import (
+    ExperimentConfig,
+    ExperimentError,
+    ExperimentNotFoundError,
+    TemplateError,
+    UnknownJobError,
+)
 from schemas.experiments import check_definition
 from schemas.tables import experiment_outcomes, experiments, job_ledger
+from workers.store import audit
 from workers.store import templates as templates_store
 from workers.store.figures import plain
 from workers.store.statistics import Arm, decide, wilson_interval
@@ -27,6 +38,8 @@ __all__ = ["create", "declare", "feedback", "get", "names", "report", "set_statu
 _E, _O, _L = experiments.c, experiment_outcomes.c, job_ledger.c
 #: Allowed moves of an experiment's status.
 _MOVES = {"running": {"draft", "stopped"}, "stopped": {"running"}}
+#: Errors that refuse an action (the audit log's outcome "refused").
+_REFUSALS = (ExperimentError, TemplateError)
 #: How long feedback waits for a just-finished job's ledger row (the spool drains
 #: every half second).
 LEDGER_WAIT_S = 5.0
@@ -51,22 +64,36 @@ def _values(name: str, unit: str, primary_metric: str, variants: list[dict[str, 
             "created_at": dt.datetime.now(dt.UTC)}
 
 
+def _audited(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in ("unit", "primary_metric", "variants", "status", "alpha",
+                                   "evaluator")}
+
+
 def create(engine: Engine, name: str, unit: str, primary_metric: str,
            variants: list[dict[str, Any]], alpha: float = 0.05,
-           evaluator: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A new experiment, as a draft; its variants' templates must exist."""
-    values = _values(name, unit, primary_metric, variants, alpha, evaluator, "draft", engine)
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(experiments).values(**values))
-    except IntegrityError:
-        raise ExperimentError(f"experiment {name!r} exists already", experiment=name) from None
+           evaluator: dict[str, Any] | None = None, *, actor: str = audit.INTERNAL,
+           address: str | None = None) -> dict[str, Any]:
+    """A new experiment, as a draft; its variants' templates must exist. The audit log
+    records ``actor``'s attempt (refused for a bad definition or a name taken)."""
+    with audit.recording(engine, actor, "experiment.create", f"experiment:{name}",
+                         address=address, refusals=_REFUSALS) as entry:
+        values = _values(name, unit, primary_metric, variants, alpha, evaluator, "draft",
+                         engine)
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(experiments).values(**values))
+        except IntegrityError:
+            raise ExperimentError(f"experiment {name!r} exists already",
+                                  experiment=name) from None
+        entry.after = _audited(values)
     return get(engine, name)
 
 
-def declare(engine: Engine, declared: list[ExperimentConfig]) -> list[str]:
+def declare(engine: Engine, declared: list[ExperimentConfig], *,
+            actor: str = audit.INTERNAL) -> list[str]:
     """Write the fleet file's experiments that Postgres does not hold yet (with their
-    declared status); the names written. One already there is left as it is: its
+    declared status); the names written, each recorded in the audit log as ``actor``'s
+    ``experiment.create`` from the fleet file. One already there is left as it is: its
     outcomes were measured against its stored definition."""
     written: list[str] = []
     for experiment in declared:
@@ -76,8 +103,11 @@ def declare(engine: Engine, declared: list[ExperimentConfig]) -> list[str]:
         statement = (pg_insert(experiments).values(**values)
                      .on_conflict_do_nothing(index_elements=["name"]))
         with engine.begin() as conn:
-            if conn.execute(statement).rowcount:
-                written.append(experiment.name)
+            if not conn.execute(statement).rowcount:
+                continue
+        written.append(experiment.name)
+        audit.record(engine, actor, "experiment.create", f"experiment:{experiment.name}",
+                     after={**_audited(values), "source": "fleet file"})
     return written
 
 
@@ -96,19 +126,29 @@ def names(engine: Engine, limit: int = 50) -> list[str]:
         return [str(n) for n in connection.execute(query).scalars()]
 
 
-def set_status(engine: Engine, name: str, status: str) -> dict[str, Any]:
+def set_status(engine: Engine, name: str, status: str, *, actor: str = audit.INTERNAL,
+               address: str | None = None) -> dict[str, Any]:
     """Start (from draft or stopped) or stop (from running); stopping records the
-    report's winner, which stopped experiments then serve to every unit."""
-    current = get(engine, name)
-    if current["status"] not in _MOVES.get(status, set()):
-        raise ExperimentError(f"experiment {name!r} cannot go from {current['status']} to "
-                              f"{status}", experiment=name)
-    values: dict[str, Any] = {"status": status}
-    if status == "stopped":
-        values["winner"] = report(engine, name)["winner"]
-    with engine.begin() as conn:
-        conn.execute(update(experiments).where(_E.name == name).values(**values))
-    return get(engine, name)
+    report's winner, which stopped experiments then serve to every unit. The audit log
+    records ``actor``'s ``experiment.start`` or ``experiment.stop`` (refused for a move
+    the status does not allow)."""
+    action = {"running": "experiment.start", "stopped": "experiment.stop"}.get(
+        status, f"experiment.{status}"[:60])
+    with audit.recording(engine, actor, action, f"experiment:{name}", address=address,
+                         refusals=_REFUSALS) as entry:
+        current = get(engine, name)
+        entry.before = {"status": current["status"], "winner": current["winner"]}
+        if current["status"] not in _MOVES.get(status, set()):
+            raise ExperimentError(f"experiment {name!r} cannot go from {current['status']} "
+                                  f"to {status}", experiment=name)
+        values: dict[str, Any] = {"status": status}
+        if status == "stopped":
+            values["winner"] = report(engine, name)["winner"]
+        with engine.begin() as conn:
+            conn.execute(update(experiments).where(_E.name == name).values(**values))
+        done = get(engine, name)
+        entry.after = {"status": done["status"], "winner": done["winner"]}
+    return done
 
 
 def _ledger_labels(engine: Engine, job_id: str) -> tuple[str, str] | None:

@@ -55,7 +55,7 @@ function describeScope() {
   const parts = [`Last ${state.range}`];
   if (state.agent) parts.push(`agent ${state.agent}`);
   if (state.model) parts.push(`model ${state.model}`);
-  $('scope').textContent = `${parts.join(' · ')} (budgets, queues, limits, experiments, alerts and health are fleet-wide)`;
+  $('scope').textContent = `${parts.join(' · ')} (budgets, queues, limits, experiments, alerts, health and the audit log are fleet-wide)`;
 }
 
 async function load() {
@@ -66,10 +66,11 @@ async function load() {
     fillSelect($('filter-agent'), state.fleet.agents, 'all agents');
     fillSelect($('filter-model'), state.fleet.models, 'all models');
   }
-  const [overview, metrics, spend, experiments, alerts, health, limits] = await Promise.all([
+  const [overview, metrics, spend, experiments, alerts, health, limits, audit] = await Promise.all([
     getJson(`${API}/overview`), getJson(`${API}/metrics?${q}`), getJson(`${API}/spend?${q}`),
     getJson(`${API}/experiments`), getJson(`${API}/alerts?limit=15`),
     getJson(`${API}/health`, { allowStatus: [503] }), getJson(`${API}/limits`),
+    getJson(`${API}/audit?since=30d&limit=20`),
   ]);
   describeScope();
   panels.view.filtered = Boolean(state.agent || state.model);
@@ -80,6 +81,7 @@ async function load() {
     () => panels.cache(metrics, range), () => panels.queues(overview),
     () => panels.experiments(experiments), () => panels.alerts(alerts),
     () => panels.health(health, state.fleet), () => panels.limits(limits),
+    () => panels.audit(audit),
   ];
   await Promise.all(draw.map((f) => f()));
   state.count += 1;

@@ -258,7 +258,36 @@ function deliveries(report) {
   return Object.entries(report).map(([channel, outcome]) => `${channel}: ${outcome}`).join(', ');
 }
 
+const ALERT_KINDS = { error_rate: 'error rate', avg_latency_ms: 'mean latency',
+  p95_latency_ms: 'p95 latency', cost_per_request: 'cost per request' };
+
+/** An operational alert's figure in its unit; '–' where there is none. */
+function alertFigure(kind, v) {
+  if (v === null || v === undefined) return '–';
+  return kind === 'error_rate' ? pct(v) : kind === 'cost_per_request' ? usd(v) : ms(v);
+}
+
+function operationalAlerts(op) {
+  const rows = op.alerts.map((a) => {
+    const firing = a.state === 'firing';
+    return [(firing ? a.fired_at : a.resolved_at).slice(0, 16).replace('T', ' '),
+      ALERT_KINDS[a.kind] ?? a.kind, `${a.scope} ${a.target}`,
+      badge(a.state, firing ? 'bad' : 'ok'),
+      `${alertFigure(a.kind, firing ? a.value : a.resolved_value)} (over ${
+        alertFigure(a.kind, a.threshold)} fires, under ${alertFigure(a.kind, a.resolve_below)} resolves)`,
+      deliveries(firing ? a.deliveries : a.resolve_deliveries)];
+  });
+  table($('table-op-alerts'), ['Since (UTC)', 'Figure', 'Of', 'State', 'Value', 'Delivered'],
+    rows);
+  $('table-op-alerts').hidden = !rows.length;
+  $('op-alert-figures').replaceChildren(el('span', { class: 'big' }, String(op.firing)),
+    op.firing === 1 ? ' operational alert firing' : ' operational alerts firing');
+  $('op-alert-figures').hidden = !rows.length;
+  return rows.length;
+}
+
 export function alerts(page) {
+  const shown = operationalAlerts(page.operational ?? { firing: 0, alerts: [] });
   const rows = page.alerts.map((a) => [
     a.created_at.slice(0, 16).replace('T', ' '), a.budget,
     badge(a.level, a.level === 'exceeded' ? 'bad' : 'warn'),
@@ -266,8 +295,8 @@ export function alerts(page) {
   ]);
   table($('table-alerts'), ['When (UTC)', 'Budget', 'Level', 'Spent', 'Delivered'], rows);
   $('table-alerts').hidden = !rows.length;
-  mark('alerts', rows.length ? undefined
-    : 'No budget alerts yet: beat (`llmfleet beat`) records one when a budget passes its alert threshold.');
+  mark('alerts', rows.length || shown ? undefined
+    : 'No alerts yet: beat (`llmfleet beat`) records a budget alert when a budget passes its alert threshold, and an operational alert when a tier, model or agent passes a `[monitoring]` threshold.');
 }
 
 const LIMIT_UNITS = { rpm: '/min', tpm: ' tokens/min', concurrency: ' in flight' };
@@ -328,4 +357,19 @@ export function health(report, fleet) {
     el('span', { class: 'dot', 'aria-hidden': 'true' }), el('strong', {}, 'Fleet'),
     el('span', {}, report.status === 'ok' ? 'healthy' : 'degraded')), ...items);
   mark('health');
+}
+
+const OUTCOME_BADGES = { ok: 'ok', refused: 'warn', error: 'bad' };
+
+/** The audit log's newest rows (`/audit`): who did what to which resource, and how it ended. */
+export function audit(page) {
+  const rows = page.entries.map((a) => [
+    a.at.slice(0, 19).replace('T', ' '), a.actor, a.action, a.resource,
+    badge(a.outcome, OUTCOME_BADGES[a.outcome] ?? 'warn'), a.address ?? '–',
+  ]);
+  table($('table-audit'), ['When (UTC)', 'Actor', 'Action', 'Resource', 'Outcome', 'Address'],
+    rows);
+  $('table-audit').hidden = !rows.length;
+  mark('audit', rows.length ? undefined
+    : 'No administrative actions in the last 30 days: making or revoking a key (`llmfleet keys create`), putting a template, starting an experiment and logging in here are recorded; `llmfleet audit` lists them.');
 }

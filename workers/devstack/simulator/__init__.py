@@ -7,6 +7,8 @@ and cost accounting can be exercised without a network or a bill. Requests are
 validated as the real services validate them; answers include tool calls,
 structured output (optionally malformed, at a seeded rate), and streams in each
 format's server-sent events, with images counted by each provider's rule.
+Per-model quotas (requests and tokens per minute) are enforced as providers
+enforce them: a 429 with Retry-After and the provider's rate-limit headers.
 """
 
 from ._app import create_app

@@ -109,4 +109,6 @@ def parse_messages(body: Json) -> Parsed:
     """POST /v1/messages."""
     req = parse_messages_request(body)
     stream = (lambda state: _events(req, state)) if req.stream else None
-    return Parsed(req.ask.model, req.prompt_tokens, lambda s: _message(req, s), stream)
+    quota_tokens = req.prompt_tokens + (req.ask.limit or 0)
+    return Parsed(req.ask.model, req.prompt_tokens, lambda s: _message(req, s), stream,
+                  quota_tokens)

@@ -2,9 +2,10 @@
 
 Every provider request runs one pipeline, in this order: auth, body
 validation, the x-sim-status header, fail_models, known_models, the context
-limit, the latency sleep, the seeded error/rate-limit draw, then the answer:
-one JSON body, or (`"stream": true`) a stream paced by first_token_ms and
-token_ms instead of the latency sleep (_stream.py). The wire formats live in
+limit, the model's quotas (_quota.py: a 429 at once, before any sleep), the
+latency sleep, the seeded error/rate-limit draw, then the answer: one JSON
+body, or (`"stream": true`) a stream paced by first_token_ms and token_ms
+instead of the latency sleep (_stream.py). The wire formats live in
 _openai*.py and _anthropic*.py; what to answer, in _answer.py.
 Handlers do no I/O beyond the socket and reuse one tokenizer, so a 2-core
 machine serves well over 1,000 requests/s.
@@ -63,11 +64,11 @@ def _parse_embeddings(body: Json) -> Parsed:
         usage = {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
         return with_usage(state.config, result, usage)
 
-    return Parsed(model, max(counts), answer)
+    return Parsed(model, max(counts), answer, quota_tokens=sum(counts))
 
 
 async def _run(state: SimState, request: web.Request, fmt: Fmt, parsed: Parsed) -> Json | Streamed:
-    """Checks after validation, the latency sleep, the draws; then the answer.
+    """Checks after validation, the quotas, the latency sleep, the draws; then the answer.
 
     A stream skips the latency sleep (first_token_ms and token_ms pace it instead);
     every check and draw comes before it starts, so they fail as plain HTTP errors.
@@ -77,6 +78,10 @@ async def _run(state: SimState, request: web.Request, fmt: Fmt, parsed: Parsed) 
     limit = config.context_limits.get(parsed.model)
     if limit is not None and parsed.context_tokens > limit:
         raise p.context_error(fmt, parsed.context_tokens, limit)
+    refusal = state.quotas.admit(config, parsed.model, parsed.quota_tokens, fmt)
+    if refusal is not None:
+        state.stats.quota_rejected[parsed.model] += 1
+        raise refusal
     delay = state.delay_s()
     if delay > 0 and parsed.stream is None:
         await asyncio.sleep(delay)
@@ -155,6 +160,7 @@ async def _get_stream_stats(request: web.Request) -> web.Response:
 
 
 async def _reset(request: web.Request) -> web.Response:
+    """POST /_sim/reset: zero the counters, empty the quotas' windows."""
     state = request.app[STATE]
     state.reset_stats()
     return web.json_response(state.stats.snapshot())

@@ -16,10 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ._quota import QuotaWindows
+
 _RATES = ("error_rate", "rate_limit_rate", "malformed_rate", "stream_failure_rate")
-_FLOATS = ("latency_ms", "jitter_ms", "first_token_ms", "token_ms", *_RATES)
+_FLOATS = ("latency_ms", "jitter_ms", "first_token_ms", "token_ms", "quota_window_s", *_RATES)
 _INTS = ("retry_after_s", "seed")
-_INT_MAPS = ("fail_models", "context_limits")
+_QUOTAS = ("quota_rpm", "quota_tpm")
+_INT_MAPS = ("fail_models", "context_limits", *_QUOTAS)
 
 
 @dataclass(slots=True)
@@ -46,6 +49,12 @@ class SimulatorConfig:
     token_ms: float = 0.0
     #: Share of streams that fail after some deltas (an error event mid-stream).
     stream_failure_rate: float = 0.0
+    #: Provider quotas by wire model name, requests and tokens (prompt + max_tokens)
+    #: per minute: a sliding window of quota_window_s admits rpm x window / 60
+    #: requests (and as many tokens); past it, 429 with Retry-After (_quota.py).
+    quota_rpm: dict[str, int] = field(default_factory=dict)
+    quota_tpm: dict[str, int] = field(default_factory=dict)
+    quota_window_s: float = 60.0
 
     def update(self, **changes: Any) -> None:
         """Set the given fields; any unknown name or bad value raises ValueError."""
@@ -73,7 +82,8 @@ def _check(name: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
         number = float(value)
-        if not number >= 0 or (name in _RATES and number > 1):
+        if not number >= 0 or (name in _RATES and number > 1) or (
+                name == "quota_window_s" and not 0 < number < float("inf")):
             raise ValueError(f"{name} is out of range: {value!r}")
         return number
     if name in _INTS:
@@ -85,6 +95,8 @@ def _check(name: str, value: object) -> object:
             isinstance(k, str) and _is_int(v) for k, v in value.items()
         ):
             raise ValueError(f"{name} must map model names to integers, got {value!r}")
+        if name in _QUOTAS and any(v < 1 for v in value.values()):
+            raise ValueError(f"{name}: a quota is at least 1 per minute, got {value!r}")
         return dict(value)
     if name == "known_models":
         if value is None:
@@ -102,15 +114,18 @@ def _check(name: str, value: object) -> object:
 
 
 class SimulatorStats:
-    """Request counters of the provider routes, by path, model and status."""
+    """Request counters of the provider routes, by path, model and status; and the
+    requests each model's quotas refused (429), by model."""
 
-    __slots__ = ("by_model", "by_path", "by_status", "requests", "seen_models")
+    __slots__ = ("by_model", "by_path", "by_status", "quota_rejected", "requests",
+                 "seen_models")
 
     def __init__(self) -> None:
         self.requests = 0
         self.by_path: Counter[str] = Counter()
         self.by_model: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
+        self.quota_rejected: Counter[str] = Counter()
         # Survives reset: GET /v1/models lists it when known_models is None.
         self.seen_models: dict[str, None] = {}
 
@@ -127,6 +142,7 @@ class SimulatorStats:
         self.by_path.clear()
         self.by_model.clear()
         self.by_status.clear()
+        self.quota_rejected.clear()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -134,6 +150,7 @@ class SimulatorStats:
             "by_path": dict(self.by_path),
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
+            "quota_rejected": dict(self.quota_rejected),
         }
 
 
@@ -154,17 +171,19 @@ class StreamStats:
 
 
 class SimState:
-    """What the handlers share: the live config, the counters, the seeded draws."""
+    """What the handlers share: the live config, the counters, the quotas' windows,
+    the seeded draws."""
 
     __slots__ = (
         "_broken_next", "_draws", "_jitter", "_malformed", "_seed", "_streams",
-        "config", "stats", "streams",
+        "config", "quotas", "stats", "streams",
     )
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.stats = SimulatorStats()
         self.streams = StreamStats()
+        self.quotas = QuotaWindows()
         self._reseed(config.seed)
 
     def _reseed(self, seed: int) -> None:
@@ -177,8 +196,10 @@ class SimState:
         self._broken_next = True
 
     def reset_stats(self) -> None:
+        """Zero the counters and empty the quotas' windows (a fresh minute)."""
         self.stats.reset()
         self.streams.reset()
+        self.quotas.clear()
 
     def _check_seed(self) -> None:
         if self.config.seed != self._seed:

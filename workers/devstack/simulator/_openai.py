@@ -116,4 +116,6 @@ def parse_chat(body: Json) -> Parsed:
     """POST /v1/chat/completions."""
     req = parse_chat_request(body)
     stream = (lambda state: _chunks(req, state)) if req.stream else None
-    return Parsed(req.ask.model, req.prompt_tokens, lambda s: _completion(req, s), stream)
+    quota_tokens = req.prompt_tokens + (req.ask.limit or 0) * req.n
+    return Parsed(req.ask.model, req.prompt_tokens, lambda s: _completion(req, s), stream,
+                  quota_tokens)

@@ -42,10 +42,11 @@ class Reject(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
-        self.code, self.retry_after = code, retry_after
+        self.code, self.retry_after, self.headers = code, retry_after, headers
 
 
 def error_response(rej: Reject, fmt: Fmt) -> web.Response:
@@ -58,7 +59,9 @@ def error_response(rej: Reject, fmt: Fmt) -> web.Response:
     else:
         kind = _ANTHROPIC_TYPES.get(rej.status, "api_error" if server else "invalid_request_error")
         body = {"type": "error", "error": {"type": kind, "message": rej.message}}
-    headers = None if rej.retry_after is None else {"Retry-After": str(rej.retry_after)}
+    headers = dict(rej.headers or {})
+    if rej.retry_after is not None:
+        headers["Retry-After"] = str(rej.retry_after)
     reason = "Overloaded" if rej.status == 529 else None  # not in http.HTTPStatus
     return web.json_response(body, status=rej.status, reason=reason, headers=headers)
 
@@ -194,3 +197,4 @@ class Parsed:
     context_tokens: int  # compared with config.context_limits[model]
     answer: Callable[[SimState], Json]
     stream: Callable[[SimState], Streamed] | None = None
+    quota_tokens: int = 0  # what it counts against quota_tpm: prompt + max_tokens

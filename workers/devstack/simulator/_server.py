@@ -144,7 +144,7 @@ class SimulatorThread:
         return self._call(self._app[STATE].streams.snapshot)
 
     def reset_stats(self) -> None:
-        """Zero the request and the stream counters."""
+        """Zero the request and the stream counters; empty the quotas' windows."""
         self._call(self._app[STATE].reset_stats)
 
     def configure(self, **fields: Any) -> None:

@@ -30,6 +30,7 @@ def test_stats_count_provider_routes_and_reset(sim: SimulatorThread, client: htt
         "by_path": {CHAT: 2, MESSAGES: 1, EMBEDDINGS: 1},
         "by_model": {"m1": 2, "m2": 1, "e1": 1},
         "by_status": {"200": 3, "500": 1},
+        "quota_rejected": {},
     }
     assert over_http == expected
     assert sim.stats() == expected
@@ -38,7 +39,8 @@ def test_stats_count_provider_routes_and_reset(sim: SimulatorThread, client: htt
     assert client.get("/_sim/stats").json()["requests"] == 0
     client.post(CHAT, json=chat())
     sim.reset_stats()
-    assert sim.stats() == {"requests": 0, "by_path": {}, "by_model": {}, "by_status": {}}
+    assert sim.stats() == {"requests": 0, "by_path": {}, "by_model": {}, "by_status": {},
+                           "quota_rejected": {}}
 
 
 def test_config_over_http(sim: SimulatorThread, client: httpx.Client) -> None:
