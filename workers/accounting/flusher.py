@@ -23,7 +23,10 @@ import logging
 import uuid
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
@@ -38,6 +41,18 @@ from workers.providers import redact
 __all__ = ["BATCH", "LedgerFlusher"]
 
 log = logging.getLogger(__name__)
+
+#: Every ledger column but its serial id, in the table's order.
+_COLUMNS = [c.name for c in job_ledger.c if c.name != "id"]
+_LIST = ", ".join(f'"{c}"' for c in _COLUMNS)
+#: A staging table per database session, emptied at each commit, of the ledger's column
+#: types (and none of its constraints: the INSERT below checks them).
+_STAGE = (f"CREATE TEMP TABLE IF NOT EXISTS llmfleet_ledger_in ON COMMIT DELETE ROWS AS "
+          f"SELECT {_LIST} FROM job_ledger WITH NO DATA")
+_COPY = f"COPY llmfleet_ledger_in ({_LIST}) FROM STDIN"
+_MOVE = (f"INSERT INTO job_ledger ({_LIST}) SELECT {_LIST} FROM llmfleet_ledger_in "
+         f"ON CONFLICT (job_id) DO NOTHING RETURNING "
+         + ", ".join(f'"{c.name}"' for c in counters.LEDGER_COLUMNS))
 
 BATCH = 500
 #: The flush lock's lease: how long a killed flusher keeps the others waiting.
@@ -58,7 +73,10 @@ Row = tuple[bytes | str, dict[str, Any]]
 def _is_row_error(exc: BaseException) -> bool:
     """A value Postgres (or the driver) refuses in this data, not a server that does not
     answer or a schema that is not there: only these rows are set aside."""
-    if isinstance(exc, DataError | IntegrityError):
+    if isinstance(exc, DataError | IntegrityError | psycopg.DataError | psycopg.IntegrityError):
+        return True
+    # A value the driver could not convert (COPY writes each row through its dumpers).
+    if isinstance(exc, ValueError | OverflowError | TypeError):
         return True
     # Raised while the driver converted a value, before anything reached the server.
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
@@ -150,7 +168,8 @@ class LedgerFlusher:
         when Postgres cannot be reached (then nothing may be trimmed)."""
         try:
             await self._insert([row for _, row in rows])
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, psycopg.Error, ValueError, OverflowError,
+                TypeError) as exc:
             if not _is_row_error(exc):
                 self._note_down(exc)
                 return None
@@ -167,14 +186,23 @@ class LedgerFlusher:
         """The rows, their automatic experiment outcomes and the metric counters, in
         one transaction. Rows and outcomes skip what is there already and only the rows
         inserted count (``workers.accounting.counters``): a batch inserted twice changes
-        nothing, and an agent's later feedback (an upsert) stays the outcome."""
-        columns = [{k: v for k, v in row.items() if k != "outcome"} for row in rows]
+        nothing, and an agent's later feedback (an upsert) stays the outcome. The rows
+        go in by COPY into a session's staging table, then one INSERT ... SELECT: the
+        same two statements whatever the batch, cheap for Postgres and for the worker
+        (a multi-row VALUES statement is parsed again for every size of batch)."""
         outcomes = [{"job_id": row["job_id"], "created_at": row["finished_at"], **outcome}
                     for row in rows if (outcome := row.get("outcome"))]
-        statement = insert(job_ledger).on_conflict_do_nothing(index_elements=["job_id"]) \
-            .returning(*counters.LEDGER_COLUMNS)
         async with self._engine.begin() as connection:
-            landed = (await connection.execute(statement, columns)).mappings().all()
+            raw = (await connection.get_raw_connection()).driver_connection
+            assert raw is not None
+            async with raw.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(_STAGE)
+                async with cursor.copy(_COPY) as copy:
+                    for row in rows:
+                        await copy.write_row([Jsonb(row[c]) if c == "metadata" else row[c]
+                                              for c in _COLUMNS])
+                await cursor.execute(_MOVE)
+                landed = await cursor.fetchall()
             await counters.count_landed(connection, landed)
             if outcomes:
                 await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
