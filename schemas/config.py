@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 from schemas.errors import ConfigError, UnknownModelError, UnknownTierError
 from schemas.sections import (
     AdmissionConfig,
+    BatchConfig,
     BeatConfig,
     BreakerConfig,
     BudgetConfig,
@@ -37,6 +38,7 @@ from schemas.sections import (
 __all__ = [
     "EMBEDDINGS_TIER",
     "AdmissionConfig",
+    "BatchConfig",
     "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
@@ -78,6 +80,7 @@ class FleetConfig(Section):
     beat: BeatConfig = BeatConfig()
     cache: CacheConfig = CacheConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    batch: BatchConfig = BatchConfig()
     default_tier: str = "simple"
     default_max_tokens: int = Field(default=1024, ge=1)
     #: Time zone of budget periods (a day starts at midnight there).
@@ -86,6 +89,12 @@ class FleetConfig(Section):
     #: hands an unacknowledged job to another worker after twice this, so a killed
     #: worker's jobs run again within minutes and a slow job never runs twice.
     job_time_limit_s: float = Field(default=300.0, gt=0, le=3600)
+    #: How often each worker writes its heartbeat (with the messages it holds) and the
+    #: messages of dead workers are looked for; how long after a worker took a message
+    #: it may be put back, when no live worker holds it and none of its jobs has a live
+    #: lease (``workers.recovery``): a dead worker's jobs run again within a minute.
+    sweep_every_s: float = Field(default=10.0, gt=0, le=600)
+    sweep_min_age_s: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _check_references(self) -> FleetConfig:
@@ -172,6 +181,16 @@ class FleetConfig(Section):
         if model is not None:
             models = [model, *[m for m in models if m != model]]
         return models
+
+    def wait_s(self, tier: str, deadline: float | None, timeout: float | None) -> float | None:
+        """How long from its submission a job of ``tier`` can wait for its answer: its
+        own deadline, else its tier's when the tier batches; never past the time its
+        caller waits (``timeout``). None: it cannot wait."""
+        own = self.tiers[tier]
+        wait = deadline if deadline is not None else own.deadline if own.batch else None
+        if wait is None:
+            return None
+        return wait if timeout is None else min(wait, timeout)
 
     def max_retries(self, tier: str) -> int:
         """Retries per model: the tier's own setting, else the fleet's."""

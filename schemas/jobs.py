@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.admission import Priority, Ticket
 from schemas.chat import Message, ResponseFormat, Tool, ToolCall, ToolChoice
+from schemas.durations import parse_duration
 from schemas.sections import LimitConfig
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EmbeddingJob",
     "EmbeddingResult",
     "JobStatus",
+    "TraceContext",
     "Usage",
     "check_conversation",
     "new_job_id",
@@ -41,6 +43,9 @@ MAX_REQUEST_CHARS = 2_000_000
 #: Metadata rides with every ledger row: a few short values.
 MAX_METADATA_KEYS = 64
 MAX_METADATA_CHARS = 2000
+#: The longest a job may say it can wait (``deadline``): a provider batch's 24-hour
+#: window, and then some for a slow fleet.
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 #: Upper bound on the texts of one embedding job; the worker splits it further
 #: into provider-sized batches.
 MAX_EMBED_TEXTS = 10_000
@@ -82,6 +87,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: W3C trace context (www.w3.org/TR/trace-context): a trace id is 32 lowercase hex
+#: digits, a ``traceparent`` version 00 names it and its parent span (16 digits).
+_TRACE_ID = r"^[0-9a-f]{32}$"
+_TRACEPARENT = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
+class TraceContext(_Strict):
+    """Where a job's log lines and spans belong, stamped by the client that submits it:
+    the trace id every process logs the job's lines with and, when the client traces
+    (OpenTelemetry), the W3C ``traceparent`` of its submit span. Fixed, short fields:
+    a message cannot carry anything else here."""
+
+    trace_id: str = Field(pattern=_TRACE_ID)
+    traceparent: str | None = Field(default=None, pattern=_TRACEPARENT)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TraceContext:
+        if self.trace_id == "0" * 32:
+            raise ValueError("trace_id: all zeros is not a trace id")
+        if self.traceparent is not None and (self.traceparent[3:35] != self.trace_id
+                                             or self.traceparent[36:52] == "0" * 16):
+            raise ValueError("traceparent: must name the job's trace_id and a parent span")
+        return self
+
+
 class _JobBase(_Strict):
     job_id: str = Field(default_factory=new_job_id, min_length=8, max_length=64)
     tier: Name | None = None
@@ -105,6 +135,34 @@ class _JobBase(_Strict):
     #: The channel of the client that waits for it: the worker publishes the outcome
     #: there (only a client's reply channel may be named).
     reply_to: str | None = Field(default=None, pattern=r"^llmfleet:reply:[0-9a-f]{32}$")
+    #: The job's trace (``TraceContext``): its log lines and spans in every process
+    #: share it. Set by the client at submit; never sent to a provider.
+    trace: TraceContext | None = None
+    #: Seconds from submission (or a duration: "24h") the caller can wait for the
+    #: answer: long enough (``[batch] min_deadline_s``), the job may go through a
+    #: provider's batch API at its batch price, answered by then all the same.
+    deadline: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)
+    #: Run now, never deferred to a batch (set by the batcher when it sends a waiting
+    #: job back to the live path).
+    live: bool = False
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline_seconds(cls, value: Any) -> Any:
+        """Seconds as a number, or a duration as people write it ("90m", "24h")."""
+        if isinstance(value, bool):
+            raise ValueError("a number of seconds or a duration like 24h")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+            try:
+                return parse_duration(value).total_seconds()
+            except ValueError:
+                raise ValueError(f"{value[:40]!r} is neither seconds nor a duration like "
+                                 "90m, 12h or 2d") from None
+        return value
 
     @field_validator("metadata")
     @classmethod

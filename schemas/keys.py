@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "AUTH_FAILURES",
+    "BATCH_LOCK",
+    "BATCH_WAITING",
     "BEAT_LAST_RUN",
     "BREAKER_CALLS",
     "BREAKER_FAILURES",
@@ -38,6 +40,8 @@ __all__ = [
     "REPLY",
     "REQUEST_ATTEMPT",
     "STREAM",
+    "SWEEP_LOCK",
+    "WORKERS",
 ]
 
 #: Every key of ours starts here, apart from Celery's own (``celery-task-meta-*``).
@@ -65,10 +69,18 @@ LEDGER_FLUSH_LOCK = PREFIX + "ledger:flush-lock"
 LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
 #: A job's state: ``run:<token>`` while a delivery runs it (a lease its worker renews,
 #: expiring 15 s after that worker stops renewing it, so a second delivery waits for
-#: the first's outcome and takes over only from a dead worker); ``cancelled`` when an
+#: the first's outcome and takes over only from a dead worker); ``batch:waiting``
+#: (BATCH_WAITING) while it waits for a provider batch, until its deadline and a day (a
+#: redelivered message does not defer it twice; the batch's answer and the live run
+#: each swap it for their lease, and one of them wins); ``cancelled`` when an
 #: agent cancelled it before it started (an hour); then its outcome envelope (JSON, a
 #: day), which answers waiters, redeliveries and identical jobs that followed it.
 JOB_STATE = PREFIX + "job:{job_id}"
+#: The value of a job's JOB_STATE while it waits for a provider batch.
+BATCH_WAITING = "batch:waiting"
+#: Held by the one batcher at work fleet-wide (``workers.batching``), renewed while it
+#: works; expires a few seconds after its holder died.
+BATCH_LOCK = PREFIX + "batch:lock"
 #: Pub/sub channel (not a key) published when a job's outcome is stored: wakes a
 #: second delivery, the jobs that followed it, and agents waiting for a job they did not
 #: send.
@@ -143,6 +155,12 @@ QUOTA_RATE = PREFIX + "quota:{owner}:{kind}"
 #: Present while a provider's 429 holds a quota's ``owner`` off (its Retry-After):
 #: calls already admitted wait for it too.
 QUOTA_HOLD = PREFIX + "quota:{owner}:hold"
+#: Held by the one worker sweeping the messages of dead workers back to their queues
+#: (``workers.recovery``); expires after one sweep's interval.
+SWEEP_LOCK = PREFIX + "recovery:sweep-lock"
+#: Worker heartbeats: a hash of worker process name -> JSON {"at": epoch seconds,
+#: "tags": delivery tags of the messages it holds}, written every sweep interval.
+WORKERS = PREFIX + "recovery:workers"
 #: Counters per limit and quota, "<name>:admitted|delayed|rejected"; no expiry.
 LIMIT_STATS = PREFIX + "limit:stats"
 #: Jobs held until a limit or a quota lets them go: a sorted set of job ids scored by

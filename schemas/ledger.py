@@ -61,8 +61,11 @@ class LedgerRow(BaseModel):
     cached_tokens: int = 0
     usage_estimated: bool = False
     cost_usd: float = 0.0
-    #: What a cache hit would have cost at the answering model's prices.
+    #: What a cache hit would have cost at the answering model's prices; for a job
+    #: answered through a provider's batch API, its live price less its batch price.
     cost_saved_usd: float = 0.0
+    #: Answered through a provider's batch API, at batch prices.
+    batch: bool = False
     latency_ms: float = 0.0
     #: A streamed job's time to its first chunk, from its submission.
     ttft_ms: float | None = None

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.durations import parse_duration
 from schemas.errors import ExperimentError
 from schemas.experiments import check_definition
 
 __all__ = [
     "AdmissionConfig",
+    "BatchConfig",
     "BeatConfig",
     "BreakerConfig",
     "BudgetConfig",
@@ -49,6 +51,20 @@ class ProviderConfig(Section):
     #: fleet never sends past it, however many workers it has.
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    #: Does the endpoint serve its wire format's batch API (OpenAI's Files and Batch,
+    #: Anthropic's Message Batches)? Off for servers that speak only the live calls
+    #: (OpenRouter, vLLM): their jobs never wait for a batch.
+    batch_api: bool = True
+
+
+def _seconds(value: Any) -> Any:
+    """A number of seconds, or a duration as people write it ("90m", "24h")."""
+    if isinstance(value, str):
+        try:
+            return parse_duration(value).total_seconds()
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 class ModelConfig(Section):
@@ -66,6 +82,10 @@ class ModelConfig(Section):
     #: The provider's quota for this model (requests, tokens per minute).
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    #: Prices through the provider's batch API (USD per million); None: the live
+    #: price times ``[batch] discount``.
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)
 
 
 class TierConfig(Section):
@@ -75,6 +95,44 @@ class TierConfig(Section):
     #: Retries per model for this tier; None inherits ``[retry].max_retries``.
     max_retries: int | None = Field(default=None, ge=0, le=10)
     default_max_tokens: int | None = Field(default=None, ge=1)
+    #: Jobs of this tier can wait (``deadline``, below, unless a job says its own): they
+    #: go through the providers' batch APIs at batch prices.
+    batch: bool = False
+    #: The deadline of this tier's jobs that name none (seconds or "24h"), when
+    #: ``batch`` is on.
+    deadline: float = Field(default=24 * 3600.0, gt=0, le=7 * 24 * 3600.0)
+
+    _deadline_seconds = field_validator("deadline", mode="before")(_seconds)
+
+
+class BatchConfig(Section):
+    """Jobs that can wait (``[batch]``): gathered per model and sent through the
+    providers' batch APIs by one batcher at a time (beat's ``batch-tick``)."""
+
+    enabled: bool = True
+    #: A job waits for a batch only if its deadline is at least this far from its
+    #: submission (seconds or "1h"); shorter ones run live.
+    min_deadline_s: float = Field(default=3600.0, gt=0)
+    #: A job its batch has not answered this long before its deadline runs live.
+    margin_s: float = Field(default=1800.0, ge=0)
+    #: Waiting jobs of one model are sent once the oldest has waited this long ...
+    gather_s: float = Field(default=60.0, ge=0)
+    #: ... or once this many wait (and never more in one batch).
+    max_items: int = Field(default=10_000, ge=1, le=50_000)
+    #: Seconds between the batcher's rounds (gather, submit, poll, finish).
+    poll_s: float = Field(default=30.0, gt=0)
+    #: Batch price as a share of the live price, for models with no batch prices.
+    discount: float = Field(default=0.5, ge=0, le=1)
+
+    _durations = field_validator("min_deadline_s", "margin_s", "gather_s", "poll_s",
+                               mode="before")(_seconds)
+
+    @model_validator(mode="after")
+    def _margin_fits(self) -> BatchConfig:
+        if self.margin_s >= self.min_deadline_s:
+            raise ValueError("margin_s: must be shorter than min_deadline_s, or no job "
+                             "would wait")
+        return self
 
 
 class RetryConfig(Section):
@@ -106,6 +164,10 @@ class BeatConfig(Section):
     enforce_budgets_s: float = Field(default=60.0, gt=0)
     rollup_metrics_s: float = Field(default=300.0, gt=0)
     purge_expired_s: float = Field(default=3600.0, gt=0)
+    #: Beats may run on several hosts: one ticks, holding a lock in Redis that it
+    #: renews; the others wait for it. A standby takes over at most this long after
+    #: the active beat died.
+    lock_timeout_s: float = Field(default=30.0, ge=3, le=3600)
 
 
 class MonitoringConfig(Section):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from schemas.config import FleetConfig, load_fleet_config, parse_fleet_config
 from schemas.errors import ConfigError
 
-__all__ = ["Settings", "load_config", "masked_url", "sqlalchemy_url"]
+__all__ = ["Settings", "load_config", "masked_url", "sentinel_master", "sqlalchemy_url"]
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -43,6 +43,26 @@ def _number(env: Mapping[str, str], name: str, default: float | None) -> float |
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (case aside), the first when unset."""
+    raw = env.get(name) or choices[0]
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}", key=name)
+    return raw.lower()
+
+
+def _postgres_url(env: Mapping[str, str], name: str) -> str | None:
+    """A ``postgresql://`` (or ``postgres://``, with or without a driver) URL, or None."""
+    raw = env.get(name) or None
+    if raw is not None:
+        try:
+            sqlalchemy_url(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={masked_url(raw)!r}: expected a postgresql:// URL",
+                              key=name) from None
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the environment says, parsed."""
@@ -64,17 +84,37 @@ class Settings:
     daily_budget_limit: float | None = None
     monthly_budget_limit: float | None = None
     budget_alert_threshold: float = 0.8
-    #: ENABLE_MONITORING: false turns operational alerts off (beat's evaluation does
-    #: nothing), whatever ``[monitoring] enabled`` says.
+    #: ENABLE_MONITORING: false turns monitoring off: operational alerts (whatever
+    #: ``[monitoring] enabled`` says), the metrics' roll-ups, and Prometheus' counters
+    #: kept as ledger rows land (``/metrics`` then reads Redis only). Budgets, the
+    #: ledger and its retention are not monitoring: they carry on.
     enable_monitoring: bool = True
     #: Base URL of the provider simulator; when set, every provider is pointed at it.
     simulator_url: str | None = None
+    #: POSTGRES_VECTOR_CONNECTION: the Postgres of the vector store (pgvector), when it
+    #: is not the fleet's own (DATABASE_URL, or the embedded one): see ``vector_url``.
+    vector_database_url: str | None = field(default=None, repr=False)
+    #: LLMFLEET_LOG_FORMAT: ``text`` (the default) or ``json`` (one JSON object a line,
+    #: with the job's ids: ``workers.observability.logs``).
+    log_format: str = "text"
+    #: Where spans go (OpenTelemetry's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    #: OTEL_EXPORTER_OTLP_ENDPOINT); None, or OTEL_SDK_DISABLED=true: no tracing at all.
+    otlp_endpoint: str | None = None
+    #: LLMFLEET_SENTINEL_MASTER: the name Redis Sentinel monitors the fleet's master
+    #: under, when REDIS_URL is a ``sentinel://`` URL (docs/sentinel.md).
+    sentinel_master: str = "mymaster"
 
     @property
     def resolved_data_dir(self) -> Path:
         """Where the embedded servers keep their data: LLMFLEET_DATA_DIR, else
         ``~/.local/share/llmfleet``."""
         return self.data_dir or Path.home() / ".local" / "share" / "llmfleet"
+
+    def vector_url(self, fleet_database_url: str | None) -> str | None:
+        """The vector store's Postgres: POSTGRES_VECTOR_CONNECTION when set, else the
+        fleet's own database (``fleet_database_url``: DATABASE_URL or the embedded
+        one), where the vector tables sit beside the ledger."""
+        return self.vector_database_url or fleet_database_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,7 +142,24 @@ class Settings:
             budget_alert_threshold=threshold or 0.8,
             enable_monitoring=_flag(env, "ENABLE_MONITORING", True),
             simulator_url=env.get("LLMFLEET_SIMULATOR_URL") or None,
+            vector_database_url=_postgres_url(env, "POSTGRES_VECTOR_CONNECTION"),
+            log_format=_choice(env, "LLMFLEET_LOG_FORMAT", ("text", "json")),
+            otlp_endpoint=None if _flag(env, "OTEL_SDK_DISABLED", False) else (
+                env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None),
+            sentinel_master=sentinel_master(env),
         )
+
+
+def sentinel_master(env: Mapping[str, str] | None = None) -> str:
+    """LLMFLEET_SENTINEL_MASTER (default ``mymaster``): one word, as sentinel.conf's
+    ``sentinel monitor <name> ...`` has it."""
+    env = os.environ if env is None else env
+    raw = env.get("LLMFLEET_SENTINEL_MASTER") or "mymaster"
+    if not raw.isprintable() or any(c.isspace() for c in raw):
+        raise ConfigError(f"LLMFLEET_SENTINEL_MASTER={raw!r}: expected one word",
+                          key="LLMFLEET_SENTINEL_MASTER")
+    return raw
 
 
 def _apply_env_overrides(fleet: FleetConfig, settings: Settings) -> FleetConfig:

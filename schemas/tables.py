@@ -24,7 +24,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = ["audit_log", "budget_alerts", "experiment_outcomes", "experiments", "fleet_keys",
            "job_ledger", "metadata", "metric_counters", "metric_latency", "metric_ttft",
-           "metrics_rollup", "operational_alerts", "prompt_templates", "rollup_watermark"]
+           "metrics_rollup", "operational_alerts", "prompt_templates", "provider_batch_jobs",
+           "provider_batches", "rollup_watermark"]
 
 metadata = MetaData()
 
@@ -55,6 +56,8 @@ job_ledger = Table(
     Column("latency_ms", Float, nullable=False, default=0),
     #: A streamed job's time to its first chunk; NULL for the others.
     Column("ttft_ms", Float),
+    #: Answered through a provider's batch API (its cost_saved_usd: live less batch).
+    Column("batch", Boolean, nullable=False, default=False, server_default="false"),
     Column("error", String(100)),
     Column("error_message", Text),
     Column("metadata", JSONB, nullable=False, default=dict),
@@ -272,4 +275,51 @@ audit_log = Table(
     Index("ix_audit_log_actor_at", "actor", "at"),
     Index("ix_audit_log_resource_at", "resource", "at"),
     CheckConstraint("outcome IN ('ok', 'refused', 'error')", name="ck_audit_log_outcome"),
+)
+
+#: A batch sent to a provider's batch API (``workers.batching``): written as
+#: ``submitting`` before anything is uploaded, its provider's id stored as soon as it is
+#: known, so a batcher restarted at any moment finds it again.
+provider_batches = Table(
+    "provider_batches", metadata,
+    #: Ours (32 hex), also sent as the provider batch's metadata where it takes one.
+    Column("id", String(32), primary_key=True),
+    Column("provider", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("wire_model", String(200), nullable=False),
+    #: submitting | in_progress | ended | cancelled
+    Column("status", String(16), nullable=False),
+    Column("provider_batch_id", String(200)),
+    Column("items", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    #: How it ended at the provider (completed, expired, failed, cancelled...).
+    Column("outcome", String(32)),
+    Index("ix_provider_batches_status", "status"),
+    CheckConstraint("status IN ('submitting', 'in_progress', 'ended', 'cancelled')",
+                    name="ck_provider_batches_status"),
+)
+
+#: A job waiting for a batch, and its place in one: its whole payload (the batcher runs
+#: it from here), its deadline, its state. One row per job.
+provider_batch_jobs = Table(
+    "provider_batch_jobs", metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("batch_id", String(32)),
+    Column("provider", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("tier", String(40), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    #: waiting (for a batch) | submitted (in batch_id) | done (answered by it) | live
+    #: (sent back to its tier's queue to run now)
+    Column("state", String(16), nullable=False),
+    #: Why it went live: deadline, errored, expired, failed, cancelled, missing.
+    Column("reason", String(32)),
+    Column("deadline_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_provider_batch_jobs_state", "state", "provider", "model"),
+    Index("ix_provider_batch_jobs_batch", "batch_id"),
+    CheckConstraint("state IN ('waiting', 'submitted', 'done', 'live')",
+                    name="ck_provider_batch_jobs_state"),
 )

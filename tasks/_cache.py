@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
 from redis.exceptions import RedisError
 
 from schemas import (
@@ -34,6 +33,7 @@ from schemas.cache_key import (
 )
 from schemas.evaluators import auto_outcome
 from schemas.keys import CACHE_ENTRY, CACHE_LRU, CANCEL, JOB_STATE, LEDGER_SPOOL
+from tasks._redis import sync_client
 
 __all__ = ["CacheShortCircuit"]
 
@@ -50,7 +50,7 @@ class CacheShortCircuit:
         self._enabled = cache_enabled(settings)
         # With cost tracking off no flusher drains the spool: a hit leaves no row.
         self._accounting = settings.enable_cost_tracking
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = sync_client(redis_url)
 
     def _key(self, job: CompletionJob) -> str | None:
         """The job's cache entry key; None when it may not read the cache."""

@@ -22,11 +22,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,16 +36,20 @@ from redis.exceptions import RedisError
 
 from schemas import (
     ClientClosedError,
+    FleetError,
     FleetUnavailableError,
     JobTimeoutError,
     StreamChunk,
     WorkerError,
 )
-from schemas.keys import JOB_STATE, JOB_WAKE, REPLY
+from schemas.keys import JOB_STATE, JOB_WAKE, PARKED, REPLY
 from tasks._pubsub import Channels, Watch
+from tasks._redis import async_pool
 from tasks._streams import read_chunks, stream_pool
 
 __all__ = ["REPLY_CHANNEL", "ResultWaiter", "reply_message"]
+
+log = logging.getLogger(__name__)
 
 META_KEY = "celery-task-meta-{}"
 _FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -62,11 +67,23 @@ _MAX_SLOTS = 100_000
 
 @dataclass
 class _Slot:
-    """A job this client sent: its outcome once published, and who waits for it."""
+    """A job this client sent: its outcome once published, who waits for it, and how to
+    send it again (``Resend``)."""
 
     outcome: bytes | None = None
     waiters: list[asyncio.Future[bytes]] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)
+    message: tuple[str, dict[str, Any], str] | None = None
+    sent: float = field(default_factory=time.monotonic)
+
+
+#: Sends one job again: (task name, the job's payload, its queue).
+Resend = Callable[[str, dict[str, Any], str], None]
+#: A job nobody has claimed this long after it was sent, while its queue is empty and
+#: no limit holds it, is sent again: its message was lost on the way to a worker (a
+#: worker whose host went away as Redis handed it the message; a Redis crash between
+#: kombu's pop and its record of it). Exactly-once makes a second copy harmless.
+RESEND_AFTER_S = 30.0
 
 
 #: What a job's ``reply_to`` may name (``schemas.jobs`` checks it too).
@@ -144,19 +161,26 @@ class ResultWaiter:
         self.reply_channel = REPLY.format(client=uuid.uuid4().hex)
         self._slots: dict[str, _Slot] = {}
         self._listening: concurrent.futures.Future[None] | None = None
+        #: How a lost job is sent again (``RESEND_AFTER_S``); None: never.
+        self.resend: Resend | None = None
+        self.resend_after_s = RESEND_AFTER_S
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def expect(self, job_ids: Iterable[str]) -> None:
+    def expect(self, job_ids: Iterable[str],
+               messages: Mapping[str, tuple[str, dict[str, Any], str]] | None = None) -> None:
         """Before jobs are sent: their outcomes will come on ``reply_channel`` (the first
-        call subscribes to it, and returns once it has)."""
+        call subscribes to it, and returns once it has). ``messages``: by job id, how to
+        send it again alone (task name, payload, queue), should it be lost."""
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed: make a new FleetClient")
             if len(self._slots) > _MAX_SLOTS:
                 self._forget_old()
             for job_id in job_ids:
-                self._slots.setdefault(job_id, _Slot())
+                slot = self._slots.setdefault(job_id, _Slot())
+                if messages is not None:
+                    slot.message = messages.get(job_id)
             if not self._slots:
                 return
             listening = self._listening
@@ -256,9 +280,12 @@ class ResultWaiter:
                 # No message yet: a reconnect may have lost it; the state key knows.
                 with contextlib.suppress(RedisError, OSError):
                     redis, _ = self._connect()
-                    envelope = _envelope(await redis.get(JOB_STATE.format(job_id=job_id)))
+                    state = await redis.get(JOB_STATE.format(job_id=job_id))
+                    envelope = _envelope(state)
                     if envelope is not None:
                         return envelope
+                    if state is None:
+                        await self._maybe_resend(redis, job_id)
                 if deadline is not None and loop.time() >= deadline:
                     raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
                                           job_id=job_id, timeout=timeout)
@@ -269,6 +296,30 @@ class ResultWaiter:
                     slot.waiters.remove(arrived)
                 if slot is not None and not slot.waiters and arrived.done():
                     self._slots.pop(job_id, None)
+
+    async def _maybe_resend(self, redis: aioredis.Redis, job_id: str) -> None:
+        """Send the job again if nobody took it (no state) ``resend_after_s`` after it
+        was last sent, its queue is empty (so it is not waiting there) and no limit
+        holds it (parked)."""
+        with self._lock:
+            slot = self._slots.get(job_id)
+            if (slot is None or slot.message is None or self.resend is None
+                    or time.monotonic() - slot.sent < self.resend_after_s):
+                return
+            name, payload, queue = slot.message
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.llen(queue)
+            pipe.zscore(PARKED, job_id)
+            pipe.exists(JOB_STATE.format(job_id=job_id))
+            waiting, parked, claimed = await pipe.execute()
+        if waiting or parked is not None or claimed:
+            return
+        slot.sent = time.monotonic()
+        log.warning("job %s was not taken by any worker %.0f s after it was sent, its queue "
+                    "%s empty: sending it again", job_id, self.resend_after_s, queue)
+        with contextlib.suppress(FleetError):
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.resend, name, payload, queue)
 
     @staticmethod
     def _decode(outcome: bytes, job_id: str) -> dict[str, Any]:
@@ -384,8 +435,7 @@ class ResultWaiter:
     def _connect(self) -> tuple[aioredis.Redis, Channels]:
         if self._redis is None or self._channels is None:
             # Waiters queue for a connection rather than fail when many GET at once.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self._url, max_connections=MAX_CONNECTIONS, timeout=None)
+            pool = async_pool(self._url, max_connections=MAX_CONNECTIONS, timeout=None)
             self._redis = aioredis.Redis(connection_pool=pool)
             self._channels = Channels(self._redis)
         return self._redis, self._channels

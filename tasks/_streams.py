@@ -31,6 +31,7 @@ from schemas import (
     split_answer,
 )
 from schemas.keys import STREAM
+from tasks._redis import async_pool
 
 __all__ = ["ChunkStream", "read_chunks", "replayed", "stream_pool"]
 
@@ -181,8 +182,7 @@ class _quiet:
 
 
 def stream_pool(url: str) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_READERS,
-                                                    timeout=None)
+    pool = async_pool(url, max_connections=MAX_READERS, timeout=None)
     return aioredis.Redis(connection_pool=pool)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from schemas import FleetConfig
+from tasks._redis import celery_broker
 from tasks.names import priority_queues, queue_for
 
 __all__ = ["celery_settings", "fleet_queues", "visibility_timeout"]
@@ -30,9 +31,15 @@ def fleet_queues(fleet: FleetConfig, tiers: Iterable[str] | None = None) -> list
 
 
 def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> dict[str, Any]:
+    """Celery's settings for the fleet's Redis; a Sentinel URL (``sentinel://...``) is
+    taken by the broker and the result backend with the master's name in their transport
+    options (tasks._redis, docs/sentinel.md)."""
+    broker, broker_options = celery_broker(broker_url)
+    backend, backend_options = celery_broker(backend_url)
     return {
-        "broker_url": broker_url,
-        "result_backend": backend_url,
+        "broker_url": broker,
+        "result_backend": backend,
+        "result_backend_transport_options": backend_options,
         # JSON only: a pickle payload would run code in the worker.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -47,6 +54,7 @@ def celery_settings(broker_url: str, backend_url: str, fleet: FleetConfig) -> di
             "visibility_timeout": visibility_timeout(fleet),
             "unacked_restore_interval": RESTORE_SWEEP_S,
             "unacked_restore_throttle": 1,
+            **broker_options,
         },
         "broker_connection_retry_on_startup": True,
         # A publish retries twice, quickly: enough to replace a pooled connection that a

@@ -30,8 +30,10 @@ from schemas import (
     masked_url,
     validation_error,
 )
+from tasks import _context
 from tasks._cache import CacheShortCircuit
 from tasks._discovery import find_redis_url
+from tasks._publisher import Publisher
 from tasks._results import ResultWaiter
 from tasks._streams import ChunkStream
 from tasks.celery_config import celery_settings
@@ -75,6 +77,10 @@ class FleetClient:
         # UNSUBSCRIBE on every send for nothing.
         self._app.conf.result_backend = None
         self._waiter = ResultWaiter(url)
+        self._waiter.resend = lambda name, payload, queue: self._dispatch(
+            name, [payload], queue, str(payload["job_id"]))
+        self._publisher = Publisher(lambda *message: self._dispatch(*message), COMPLETE,
+                                    COMPLETE_BATCH)
         self._cache = CacheShortCircuit(url, self.fleet, settings)
         #: Stored prompt templates: put, get, list, render (``tasks.templates``).
         self.templates = Templates(self._app, self._waiter)
@@ -94,6 +100,7 @@ class FleetClient:
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None}}
         data["messages"] = messages
         data["reply_to"] = self._waiter.reply_channel
+        data.setdefault("trace", self._trace())
         if data.get("tools") is not None:  # functions, Tool objects or OpenAI's dicts
             data["tools"] = [as_tool(tool) for tool in data["tools"]]
         model = data.pop("response_model", None)
@@ -108,6 +115,7 @@ class FleetClient:
     def _embedding(self, texts: Any, options: Mapping[str, Any]) -> EmbeddingJob:
         data = {"agent": self.agent, **{k: v for k, v in options.items() if v is not None},
                 "reply_to": self._waiter.reply_channel}
+        data.setdefault("trace", self._trace())
         data["texts"] = [texts] if isinstance(texts, str) else texts
         try:
             job = EmbeddingJob.model_validate(data)
@@ -116,14 +124,38 @@ class FleetClient:
         route = self.fleet.route(job.tier, job.model, embedding=True)
         return job.model_copy(update={"tier": route})
 
+    def _trace(self) -> dict[str, str]:
+        """The job's trace: its log lines everywhere share its id (``tasks._context``)."""
+        _context.install_fallback(self.settings)
+        return _context.job_trace(_context.tracer(self.settings) is not None)
+
     def _send(self, name: str, payload: Any, queue: str, task_id: str) -> None:
         """Send one message (a job, or a list of jobs); the outcomes of the jobs that
         name this client's reply channel come there."""
-        jobs = payload if isinstance(payload, list) else [payload]
-        self._waiter.expect(job["job_id"] for job in jobs if isinstance(job, dict)
-                            and job.get("reply_to") == self._waiter.reply_channel)
+        self._expect(payload, name, queue)
+        self._dispatch(name, [payload], queue, task_id)
+
+    def _send_job(self, job: CompletionJob) -> None:
+        """One completion job: on its own, or with others sent at the same moment by
+        other threads (``tasks._publisher``)."""
+        payload = job.model_dump(mode="json")
+        queue = queue_for(job.tier or "", job.priority)
+        self._expect(payload, COMPLETE, queue)
+        self._publisher.publish(payload, queue, job.job_id)
+
+    def _expect(self, payload: Any, name: str = COMPLETE, queue: str | None = None) -> None:
+        """The jobs of a message about to go: their outcomes will come to this client,
+        and each may be sent again alone, as ``name`` on ``queue``, if its message is
+        lost on the way to a worker (``tasks._results.RESEND_AFTER_S``)."""
+        jobs = [job for job in (payload if isinstance(payload, list) else [payload])
+                if isinstance(job, dict) and job.get("reply_to") == self._waiter.reply_channel]
+        single = COMPLETE if name == COMPLETE_BATCH else name
+        self._waiter.expect((job["job_id"] for job in jobs), None if queue is None else {
+            job["job_id"]: (single, job, queue) for job in jobs})
+
+    def _dispatch(self, name: str, args: list[Any], queue: str, task_id: str) -> None:
         try:
-            self._app.send_task(name, args=[payload], queue=queue, task_id=task_id)
+            self._app.send_task(name, args=args, queue=queue, task_id=task_id)
         except OperationalError as exc:
             raise self._unreachable(exc) from None
 
@@ -143,21 +175,27 @@ class FleetClient:
         Or ``template=NAME, variables={...}, version=None`` instead of messages (rendered
         here, so its errors raise at submit), and ``experiment=NAME`` to let the
         experiment's sticky variant choose the template, version, model or tier."""
-        job = self._completion(messages, options)
-        assert job.tier is not None
-        model = options.get("response_model")
-        hit = self._cache.lookup(job)
-        if hit is not None:
-            return JobHandle(self, job.job_id, hit, model)
-        self._send(COMPLETE, job.model_dump(mode="json"), queue_for(job.tier, job.priority),
-                   job.job_id)
-        return JobHandle(self, job.job_id, response_model=model)
+        with _context.Submission(self.settings) as submission:
+            job = self._completion(messages, options)
+            submission.describe(job)
+            assert job.tier is not None
+            model = options.get("response_model")
+            hit = self._cache.lookup(job)
+            if hit is not None:
+                return JobHandle(self, job.job_id, hit, model)
+            self._send_job(job)
+            return JobHandle(self, job.job_id, response_model=model)
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
         """Enqueue many completion jobs, batched per tier (each item takes submit's
         keywords and ``messages``); the handle returns results in order. All are
         validated before any is sent; those the cache answers (one pipelined lookup)
         are not sent at all."""
+        with _context.Submission(self.settings, "llmfleet.submit_many") as submission:
+            return self._submit_many(jobs, submission)
+
+    def _submit_many(self, jobs: Iterable[Mapping[str, Any]],
+                     submission: _context.Submission) -> BatchHandle:
         built: list[CompletionJob] = []
         for index, spec in enumerate(jobs):
             options = dict(spec)
@@ -166,6 +204,8 @@ class FleetClient:
             except JobValidationError as exc:
                 raise type(exc)(f"jobs[{index}].{exc.message}",
                                 field=f"jobs[{index}].{exc.field}") from None
+        if submission.span is not None:
+            submission.span.set_attribute("llmfleet.jobs", len(built))
         hits = {position: hit for position, hit in enumerate(self._cache.lookup_many(built))
                 if hit is not None}
         by_queue: dict[str, list[int]] = {}
@@ -193,18 +233,19 @@ class FleetClient:
         experiment is fetched, the cache looked up and the job sent in worker threads).
         Raises before anything is queued, or returns the handle of a queued (or cached)
         job."""
-        if options.get("template") is not None or options.get("experiment") is not None:
-            job = await asyncio.to_thread(self._completion, messages, options)
-        else:
-            job = self._completion(messages, options)
-        assert job.tier is not None
-        model = options.get("response_model")
-        hit = await asyncio.to_thread(self._cache.lookup, job)
-        if hit is not None:
-            return JobHandle(self, job.job_id, hit, model)
-        await asyncio.to_thread(self._send, COMPLETE, job.model_dump(mode="json"),
-                                queue_for(job.tier, job.priority), job.job_id)
-        return JobHandle(self, job.job_id, response_model=model)
+        with _context.Submission(self.settings) as submission:
+            if options.get("template") is not None or options.get("experiment") is not None:
+                job = await asyncio.to_thread(self._completion, messages, options)
+            else:
+                job = self._completion(messages, options)
+            submission.describe(job)
+            assert job.tier is not None
+            model = options.get("response_model")
+            hit = await asyncio.to_thread(self._cache.lookup, job)
+            if hit is not None:
+                return JobHandle(self, job.job_id, hit, model)
+            await asyncio.to_thread(self._send_job, job)
+            return JobHandle(self, job.job_id, response_model=model)
 
     async def acomplete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:
@@ -234,10 +275,12 @@ class FleetClient:
     def embed(self, texts: str | Sequence[str], **options: Any) -> JobHandle:
         """Enqueue an embedding job on ``llm.embeddings``; ``get()`` returns an
         EmbeddingResult whose ``vectors`` follow the order of ``texts``."""
-        job = self._embedding(texts, options)
-        self._send(EMBED, job.model_dump(mode="json"), queue_for(job.tier or EMBEDDINGS_TIER,
-                                                                 job.priority), job.job_id)
-        return JobHandle(self, job.job_id)
+        with _context.Submission(self.settings) as submission:
+            job = self._embedding(texts, options)
+            submission.describe(job)
+            self._send(EMBED, job.model_dump(mode="json"),
+                       queue_for(job.tier or EMBEDDINGS_TIER, job.priority), job.job_id)
+            return JobHandle(self, job.job_id)
 
     def agent_stats(self, agent: str | None = None, *, since: str | None = None,
                     timeout: float = 10) -> dict[str, Any]:

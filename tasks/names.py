@@ -13,6 +13,7 @@ from schemas import EMBEDDINGS_TIER, PRIORITIES, Priority
 __all__ = [
     "ADMIN_QUEUE",
     "AGENT_STATS",
+    "BATCH_TICK",
     "BEAT_HEARTBEAT",
     "COMPLETE",
     "COMPLETE_BATCH",
@@ -54,6 +55,9 @@ EVALUATE_ALERTS = "llm.evaluate_alerts"
 ROLLUP_METRICS = "llm.rollup_metrics"
 #: Beat: delete ledger rows past METRICS_RETENTION_DAYS (roll-ups stay).
 PURGE_EXPIRED = "llm.purge_expired"
+#: Beat: the batcher's round (``[batch] poll_s``): gather jobs that can wait into
+#: provider batches, send, poll, answer; one at a time fleet-wide.
+BATCH_TICK = "llm.batch_tick"
 #: An agent's figures from the ledger (for FleetAgent.get_agent_stats).
 AGENT_STATS = "llm.agent_stats"
 #: Prompt templates in Postgres, for ``client.templates`` (agents load no database code).
@@ -113,6 +117,9 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     EVALUATE_ALERTS: {"acks_late": True, "ignore_result": False},
     PURGE_EXPIRED: {"acks_late": True, "ignore_result": False},
     AGENT_STATS: {"acks_late": False, "ignore_result": False},
+    # Idempotent, its state in Postgres: a round killed part-way is finished by the next.
+    # Not acknowledged late: a redelivered round would only wait for the lock.
+    BATCH_TICK: {"acks_late": False, "ignore_result": True},
     # A put is idempotent (the same body returns the same version), reads are reads.
     TEMPLATES_PUT: {"acks_late": False, "ignore_result": False},
     TEMPLATES_GET: {"acks_late": False, "ignore_result": False},

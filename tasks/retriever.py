@@ -4,6 +4,7 @@
 cache, budgets and ledger apply to indexing too) and keeps chunks in a vector store,
 by default Postgres with pgvector at DATABASE_URL (or the embedded stack's). The store
 is imported only when first needed: ``import tasks`` stays free of database code.
+POSTGRES_VECTOR_CONNECTION puts the vectors in another Postgres than the fleet's.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def chunk_text(text: str, size: int = 800, overlap: int = 100) -> list[str]:
 
 
 def _database_url(settings: Settings) -> str:
-    """DATABASE_URL, else the embedded stack's published one (as for Redis)."""
-    if settings.database_url:
-        return settings.database_url
+    """The vector store's Postgres: POSTGRES_VECTOR_CONNECTION, else DATABASE_URL, else
+    the embedded stack's published one (as for Redis)."""
+    configured = settings.vector_url(settings.database_url)
+    if configured:
+        return configured
     path = settings.resolved_data_dir / STACK_FILE
     try:
         url = json.loads(path.read_text("utf-8")).get("database_url")
@@ -88,8 +91,8 @@ def _database_url(settings: Settings) -> str:
         url = None
     if not url:
         raise ConfigError(f"DATABASE_URL is not set and no embedded fleet is running under "
-                          f"{path.parent}: start one with `llmfleet up`, or set DATABASE_URL",
-                          key="DATABASE_URL")
+                          f"{path.parent}: start one with `llmfleet up`, or set DATABASE_URL "
+                          "(or POSTGRES_VECTOR_CONNECTION)", key="DATABASE_URL")
     return str(url)
 
 
@@ -97,7 +100,8 @@ class ContextRetriever:
     """Documents in, relevant chunks out, for one collection.
 
     ``client`` embeds (a FleetClient of the environment if None); ``store`` keeps the
-    vectors (PgVectorStore on the fleet's Postgres if None). ``dimensions`` asks the
+    vectors (if None, PgVectorStore on POSTGRES_VECTOR_CONNECTION, else on the fleet's
+    Postgres). ``dimensions`` asks the
     embedding model for that width (a collection keeps the width it was made with).
     """
 

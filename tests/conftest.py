@@ -75,7 +75,8 @@ def sim(simulator: object) -> Iterator[object]:
                         fail_models={}, known_models=None, context_limits={}, omit_usage=False,
                         malformed_rate=0, first_token_ms=0, token_ms=0,
                         stream_failure_rate=0, quota_rpm={}, quota_tpm={},
-                        quota_window_s=60.0)
+                        quota_window_s=60.0, batch_completion_s=2.0,
+                        batch_item_error_rate=0.0, batch_expire=0.0)
     simulator.reset_stats()  # type: ignore[attr-defined]
     yield simulator
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_shutdown
+from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 
-from schemas import FleetConfig, load_config
+from schemas import FleetConfig, Settings, load_config
+from tasks._redis import redbeat_settings
 from tasks.celery_config import celery_settings, fleet_queues
 from tasks.names import (
     ADMIN_QUEUE,
+    BATCH_TICK,
     BEAT_HEARTBEAT,
     ENFORCE_BUDGETS,
     EVALUATE_ALERTS,
@@ -24,9 +27,32 @@ from tasks.names import (
 )
 from workers.admission.cycle import PriorityCycle
 from workers.bodies import bind_tasks
+from workers.observability.logs import to_json
+from workers.observability.traces import setup_tracing
 from workers.runtime import close_runtime
 
-__all__ = ["create_app"]  # and ``app``, built on first access
+__all__ = ["FleetConsumer", "beat_settings", "create_app", "observe"]  # and ``app``, built
+# on first access
+
+
+class FleetConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type hints
+    """Celery's consumer, made to outlive the loss of its broker connection with jobs in
+    flight (a Redis restart, a Sentinel failover).
+
+    kombu's Redis channel, when closed, first reads the reply of its BRPOP in flight; with
+    the server gone that read raises, the close stops half way, and Celery's second close
+    (after ``collect()`` has dropped the transport) fails with an AttributeError it takes
+    as unrecoverable: the worker shuts down (kombu 5.7, Celery 5.7). The server is gone and
+    there is no reply to read: the channels forget their BRPOP before Celery closes them,
+    and the consumer reconnects as it does after any connection error.
+    tests/drills/test_sentinel_failover.py kills Redis under it."""
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        transport = getattr(self.connection, "_transport", None)
+        for channel in getattr(transport, "channels", None) or ():
+            if getattr(channel, "_in_poll", None) is not None:
+                channel._in_poll = None
+        super().on_connection_error_after_connected(exc)
 
 def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     celery = Celery("llmfleet", set_as_current=False)
@@ -39,6 +65,8 @@ def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
     settings["broker_transport_options"] = {
         **settings["broker_transport_options"],
         "queue_order_strategy": f"{PriorityCycle.__module__}:{PriorityCycle.__name__}"}
+    # A broker restart or a failover drops the connection with jobs in flight.
+    settings["worker_consumer"] = f"{FleetConsumer.__module__}:{FleetConsumer.__name__}"
     every = fleet.beat
     settings["beat_schedule"] = {
         name: {"task": task, "schedule": seconds, "options": {"queue": ADMIN_QUEUE}}
@@ -50,9 +78,28 @@ def create_app(redis_url: str, fleet: FleetConfig) -> Celery:
             ("evaluate-alerts", EVALUATE_ALERTS, fleet.monitoring.interval_s),
         )
     }
+    if fleet.batch.enabled:
+        settings["beat_schedule"]["batch-tick"] = {
+            "task": BATCH_TICK, "schedule": fleet.batch.poll_s,
+            "options": {"queue": ADMIN_QUEUE, "expires": fleet.batch.poll_s}}
     celery.conf.update(settings)
     bind_tasks(celery)
     return celery
+
+
+def beat_settings(redis_url: str, fleet: FleetConfig) -> dict[str, Any]:
+    """Beat's scheduler: RedBeat's, whose lock lets one beat tick fleet-wide while
+    others stand by (two plain beats would both send every task), with the schedule's
+    state in Redis rather than a file on one host."""
+    lock_s = fleet.beat.lock_timeout_s
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        **redbeat_settings(redis_url),
+        "redbeat_key_prefix": "llmfleet:beat",
+        "redbeat_lock_timeout": int(lock_s),
+        # The active beat renews its lock at each tick: ticks well inside its timeout.
+        "beat_max_loop_interval": max(1.0, min(5.0, lock_s / 3)),
+    }
 
 
 def _close_runtime(**_: Any) -> None:
@@ -64,8 +111,24 @@ def _close_runtime(**_: Any) -> None:
 worker_shutdown.connect(_close_runtime, weak=False, dispatch_uid="llmfleet-close-runtime")
 
 
+def _json_handlers(logger: Any, **_: Any) -> None:
+    to_json(logger)
+
+
+def observe(settings: Settings, service: str) -> None:
+    """Logs and traces of a worker or beat process: with LLMFLEET_LOG_FORMAT=json, the
+    handlers Celery sets up write JSON lines (``workers.observability.logs``); with
+    OTEL_EXPORTER_OTLP_ENDPOINT, the process traces its jobs."""
+    if settings.log_format == "json":
+        after_setup_logger.connect(_json_handlers, weak=False, dispatch_uid="llmfleet-json")
+        after_setup_task_logger.connect(_json_handlers, weak=False,
+                                        dispatch_uid="llmfleet-json-task")
+    setup_tracing(settings, service)
+
+
 def _from_env() -> Celery:
     settings, fleet = load_config()
+    observe(settings, "llmfleet-worker")
     from tasks._discovery import find_redis_url
 
     return create_app(find_redis_url(settings), fleet)

@@ -16,7 +16,6 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import httpx
-import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from httpx_aiohttp import AiohttpTransport
@@ -26,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
+from tasks._redis import async_pool, sync_client
 from tasks.celery_config import celery_settings
 from workers.accounting.budget_step import BudgetStep
 from workers.accounting.budgets import BudgetLedger
@@ -34,6 +34,7 @@ from workers.accounting.ledger import LedgerStep
 from workers.accounting.once import OnceStep
 from workers.admission.gate import Admission, Quotas
 from workers.admission.parking import Mover, Parking, Send
+from workers.batching import Batcher, BatchStore, Deferral
 from workers.caching.embeddings import EmbeddingCacheStep
 from workers.caching.step import CacheStep
 from workers.pipeline.attempts import AttemptRunner
@@ -42,7 +43,9 @@ from workers.pipeline.cancel import CancelStep
 from workers.pipeline.chain import Pipeline
 from workers.pipeline.steps import Step
 from workers.pipeline.stream_step import StreamStep
-from workers.providers import build_providers
+from workers.providers import build_batch_apis, build_providers
+from workers.recovery.held import held_tags
+from workers.recovery.sweeper import Sweeper
 from workers.store.engines import async_engine
 
 __all__ = ["WorkerRuntime", "close_runtime", "get_runtime", "warm_up"]
@@ -69,8 +72,11 @@ class WorkerRuntime:
                                         name="llmfleet-io")
         self._thread.start()
         self.flusher: LedgerFlusher | None = None
+        #: Jobs that can wait for a provider batch, and the batcher (with Postgres only).
+        self.deferral: Deferral | None = None
+        self.batcher: Batcher | None = None
         #: For housekeeping bodies, which run synchronously in pool threads.
-        self.sync_redis = redis.Redis.from_url(redis_url)
+        self.sync_redis = sync_client(redis_url)
         self.pipeline: Pipeline = self.run(self._build(redis_url, dict(env or os.environ)))
 
     async def _build(self, redis_url: str, env: dict[str, str]) -> Pipeline:
@@ -83,7 +89,7 @@ class WorkerRuntime:
         # stored outcome, its budget's settlement): commands retry with backoff for
         # about REDIS_RETRY_S while Redis does not answer. Every write the pipeline makes
         # is idempotent or deduplicated downstream, so a retried one is harmless.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = async_pool(
             redis_url, max_connections=REDIS_CONNECTIONS, timeout=None,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
@@ -91,12 +97,22 @@ class WorkerRuntime:
         breaker = Breaker(self.redis, self.fleet.breaker)
         providers = build_providers(self.fleet, self.http, env)
         if self.settings.enable_cost_tracking and self.settings.database_url:
-            self.flusher = LedgerFlusher(self.redis, async_engine(self.settings.database_url))
+            self.flusher = LedgerFlusher(self.redis, async_engine(self.settings.database_url),
+                                         count=self.settings.enable_monitoring)
             self.flusher.start()
         self.admission = Admission(self.redis, self.fleet)
         self.parking = Parking(self.redis)
-        self._mover = Mover(self.parking, _sender(redis_url, self.fleet))
+        send = _sender(redis_url, self.fleet)
+        if self.fleet.batch.enabled and self.settings.database_url:
+            apis = build_batch_apis(self.fleet, providers)
+            store = self._batch_store = BatchStore(async_engine(self.settings.database_url))
+            self.deferral = Deferral(self.redis, store, self.fleet, apis)
+            self.batcher = Batcher(self.redis, store, self.fleet, apis, send)
+        self._mover = Mover(self.parking, send)
         self._mover.start()
+        self._sweeper = Sweeper(self.redis, every_s=self.fleet.sweep_every_s,
+                                min_age_s=self.fleet.sweep_min_age_s, held=held_tags)
+        self._sweeper.start()
         runner = AttemptRunner(retry=self.fleet.retry, breaker=breaker)
         if self.admission.has_quotas:
             runner.quotas = Quotas(self.admission.limiter, self.fleet)
@@ -116,7 +132,9 @@ class WorkerRuntime:
         steps.append(StreamStep(self.redis))
         steps.append(CancelStep(self.redis))
         # Caches answer before budgets: a hit spends nothing, so it reserves nothing.
-        steps.append(CacheStep(self.redis, self.fleet, self.settings, self._embed))
+        #: Also asked by a job that could wait for a batch whether it need wait at all.
+        self.cache_step = CacheStep(self.redis, self.fleet, self.settings, self._embed)
+        steps.append(self.cache_step)
         steps.append(EmbeddingCacheStep(self.redis, self.settings))
         steps.append(BudgetStep(BudgetLedger(self.redis, self.fleet)))
         return steps
@@ -128,7 +146,10 @@ class WorkerRuntime:
     def close(self) -> None:
         async def _close() -> None:
             await self._mover.close()
+            await self._sweeper.close()
             await self.pipeline.close()
+            if self.batcher is not None:
+                await self._batch_store.engine.dispose()
             if self.flusher is not None:
                 await self.flusher.stop()
             await self.http.aclose()

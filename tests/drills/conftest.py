@@ -35,7 +35,7 @@ from workers.store.engines import sync_engine
 
 #: The drills' agents, each with a daily budget of its own (never reached), checked to
 #: the nano-dollar against the ledger after the drill.
-AGENTS = ("broker", "database", "worker", "poison", "duplicate", "sdk", "shutdown")
+AGENTS = ("broker", "database", "worker", "poison", "duplicate", "sdk", "shutdown", "batch")
 
 
 @dataclass
@@ -62,7 +62,8 @@ class DrillStack:
 def _fleet_file(directory: Path) -> Path:
     base = resources.files("schemas").joinpath("default_fleet.toml").read_text()
     path = directory / "drill-fleet.toml"
-    # A short job time limit: a dead worker's jobs come back after twice it.
+    # The default job time limit (Redis itself would hand a dead worker's jobs out
+    # again after ten minutes) and a quick sweeper: the drills see it bring them back.
     budgets = "".join(f"""
 [[budgets]]
 name = "drill-{agent}"
@@ -70,8 +71,8 @@ limit_usd = 1000.0
 period = "daily"
 scope = "agent:{agent}"
 """ for agent in AGENTS)
-    path.write_text(base.replace("default_max_tokens = 1024",
-                                 "default_max_tokens = 1024\njob_time_limit_s = 10") + budgets)
+    quick = "default_max_tokens = 1024\nsweep_every_s = 2\nsweep_min_age_s = 4"
+    path.write_text(base.replace("default_max_tokens = 1024", quick) + budgets)
     return path
 
 

@@ -110,3 +110,34 @@ def test_a_submission_time_no_date_can_hold_is_refused(submitted_at: float) -> N
         CompletionJob.model_validate({"messages": [{"role": "user", "content": "x"}],
                                       "submitted_at": submitted_at})
     assert validation_error(info.value).field == "submitted_at"  # type: ignore[attr-defined]
+
+
+def test_a_deadline_is_seconds_or_a_duration() -> None:
+    from schemas import CompletionJob
+
+    messages = [{"role": "user", "content": "later"}]
+    assert CompletionJob(messages=messages, deadline="24h").deadline == 86400
+    assert CompletionJob(messages=messages, deadline=90).deadline == 90
+    assert CompletionJob(messages=messages, deadline="90").deadline == 90
+
+
+@pytest.mark.parametrize("value", ["tomorrow", -5, 0, True, "0h", 10**9])
+def test_a_deadline_that_is_no_positive_duration_is_refused(value: object) -> None:
+    from pydantic import ValidationError
+
+    from schemas import CompletionJob
+
+    with pytest.raises(ValidationError, match="deadline"):
+        CompletionJob(messages=[{"role": "user", "content": "x"}], deadline=value)
+
+
+def test_a_batch_tier_lends_its_deadline_and_a_timeout_bounds_it() -> None:
+    from schemas import load_fleet_config, parse_fleet_config
+
+    base = load_fleet_config().model_dump()
+    base["tiers"]["simple"] = {**base["tiers"]["simple"], "batch": True, "deadline": "2h"}
+    fleet = parse_fleet_config(base)
+    assert fleet.wait_s("simple", None, None) == 7200
+    assert fleet.wait_s("simple", 60, None) == 60
+    assert fleet.wait_s("simple", None, 1800) == 1800
+    assert fleet.wait_s("medium", None, None) is None

@@ -43,13 +43,14 @@ def client(fleet_env: dict[str, str], fleet: FleetConfig, redis_url: str,
 def sends(client: FleetClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The job ids the client puts on a queue from here on."""
     sent: list[str] = []
-    original = client._send
+    original = client._dispatch
 
-    def counting(name: str, payload: Any, queue: str, task_id: str) -> None:
-        sent.append(task_id)
-        original(name, payload, queue, task_id)
+    def counting(name: str, args: list[Any], queue: str, task_id: str) -> None:
+        jobs = args[0] if isinstance(args[0], list) else [args[0]]
+        sent.extend(job["job_id"] for job in jobs)
+        original(name, args, queue, task_id)
 
-    monkeypatch.setattr(client, "_send", counting)
+    monkeypatch.setattr(client, "_dispatch", counting)
     return sent
 
 

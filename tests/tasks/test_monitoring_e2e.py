@@ -180,3 +180,16 @@ def test_a_failing_model_fires_once_and_resolves_once(
     assert row["id"] == fired["id"] and row["resolved_at"] is not None
     assert row["resolved_value"] == 0.0 and row["resolved_jobs"] == 20
     assert alerts(engine, STEADY) == []
+
+
+def test_monitoring_off_skips_the_roll_ups(env: dict[str, str], fleet: FleetConfig,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def rollup(**overrides: str) -> dict[str, Any]:
+        runtime = SimpleNamespace(settings=Settings.from_env({**env, **overrides}),
+                                  fleet=fleet)
+        monkeypatch.setattr(housekeeping, "get_runtime", lambda: runtime)
+        monkeypatch.setattr(database, "get_runtime", lambda: runtime)
+        return housekeeping.rollup_metrics()
+
+    assert "skipped" in rollup(ENABLE_MONITORING="false")
+    assert "skipped" not in rollup()

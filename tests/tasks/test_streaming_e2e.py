@@ -142,10 +142,11 @@ def test_a_cached_answer_streams_as_several_chunks_without_a_worker(
 
 def test_identical_streams_share_one_provider_stream_live(client: FleetClient,
                                                           sim: Any) -> None:
-    # Given an answer streaming slowly (about two seconds), and an identical request
-    # arriving once it has begun
+    # Given an answer streaming slowly (the simulator echoes the prompt's 30 words
+    # first: at least 30 tokens, three seconds), and an identical request arriving once
+    # it has begun
     sim.configure(first_token_ms=50, token_ms=100)
-    prompt = f"Describe the release train {uuid.uuid4().hex[:6]}"
+    prompt = " ".join(["Describe the release train"] * 7 + [uuid.uuid4().hex[:6], "now"])
     first = Reader(client.stream(prompt, tier="simple"))
     first.start()
     wait_until(lambda: len(first.chunks) >= 3, timeout=10, interval=0.02)

@@ -27,10 +27,10 @@ class BudgetStep(Step):
     def _worst_case(self, ctx: JobContext) -> float:
         """The dearest model's cost of a whole call, as many times as a job that wants
         JSON may ask it again (``[retry].invalid_output_retries``)."""
-        once = max(worst_case_cost(ctx.fleet.models[m], ctx.prompt_tokens, ctx.max_tokens)
+        once = max(worst_case_cost(ctx.prices(m), ctx.prompt_tokens, ctx.max_tokens)
                    for m in ctx.chain)
         job = ctx.job
-        asks = 1 if not isinstance(job, CompletionJob) or (
+        asks = 1 if not isinstance(job, CompletionJob) or ctx.batched or (
             job.response_format is None and not job.tools) else \
             1 + ctx.fleet.retry.invalid_output_retries
         return once * asks

@@ -98,9 +98,11 @@ class LedgerFlusher:
     """Drains the spool into ``job_ledger``; run by every worker, one at a time."""
 
     def __init__(self, redis: aioredis.Redis, engine: AsyncEngine,
-                 interval_s: float = 0.5) -> None:
+                 interval_s: float = 0.5, *, count: bool = True) -> None:
         self._redis = redis
         self._engine = engine
+        #: Keep Prometheus' counters as rows land (off with ENABLE_MONITORING=false).
+        self._count = count
         self._interval = interval_s
         self._lock = redis.lock(LEDGER_FLUSH_LOCK, timeout=LOCK_S, blocking=False,
                                 thread_local=False)
@@ -203,7 +205,8 @@ class LedgerFlusher:
                                               for c in _COLUMNS])
                 await cursor.execute(_MOVE)
                 landed = await cursor.fetchall()
-            await counters.count_landed(connection, landed)
+            if self._count:
+                await counters.count_landed(connection, landed)
             if outcomes:
                 await connection.execute(insert(experiment_outcomes).on_conflict_do_nothing(
                     index_elements=["job_id"]), outcomes)

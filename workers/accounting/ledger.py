@@ -66,13 +66,18 @@ def _ttft_ms(ctx: JobContext) -> float | None:
 
 def result_row(ctx: JobContext, result: Result) -> LedgerRow:
     usage = result.usage
+    saved = ctx.cost_saved_usd
+    if ctx.batched and not result.cache_hit:  # what the same answer costs live
+        saved = max(0.0, round(cost_of(ctx.fleet.models[result.model], usage)
+                               - result.cost_usd, 10))
     return LedgerRow.for_job(
         ctx.job, tier=result.tier, model=result.model, provider=result.provider,
         status=JobStatus.SUCCEEDED, cache_hit=result.cache_hit, attempts=result.attempts,
         fallback_used=result.fallback_used, prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
         usage_estimated=usage.estimated, cost_usd=result.cost_usd,
-        cost_saved_usd=ctx.cost_saved_usd, latency_ms=result.latency_ms,
+        cost_saved_usd=saved, batch=ctx.batched and not result.cache_hit,
+        latency_ms=result.latency_ms,
         ttft_ms=_ttft_ms(ctx),
         outcome=(auto_outcome(ctx.job.metadata, result.content)
                  if isinstance(result, CompletionResult) else None))
@@ -83,7 +88,7 @@ def billed(ctx: JobContext) -> tuple[Usage, float]:
     could not use (not the JSON it asked for), a stream stopped part-way."""
     usage, cost = Usage(), 0.0
     for model, spent in ctx.discarded:
-        cost += cost_of(ctx.fleet.models[model], spent)
+        cost += cost_of(ctx.prices(model), spent)
         usage = Usage(prompt_tokens=usage.prompt_tokens + spent.prompt_tokens,
                       completion_tokens=usage.completion_tokens + spent.completion_tokens,
                       cached_tokens=usage.cached_tokens + spent.cached_tokens,

@@ -8,7 +8,10 @@ provider again; it takes over only when the lease lapses, that is when the first
 is gone. When the job ends, its body stores the outcome in the same key
 (``workers.bodies.jobs``), so a delivery after it finished (its worker died before
 acknowledging it) is answered from it, success or failure, with no second call and no
-second row. A job an agent cancelled before it started finds ``cancelled`` there.
+second row. A job an agent cancelled before it started finds ``cancelled`` there. A job
+waiting for a provider batch finds ``batch:waiting``: whichever comes first, its batch's
+answer or its live run, swaps it for its own lease; the other then waits for it or
+answers from its outcome, so the job is charged once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import decode_outcome
-from schemas.keys import JOB_STATE, JOB_WAKE
+from schemas.keys import BATCH_WAITING, JOB_STATE, JOB_WAKE
 from tasks._pubsub import Channels
 from tasks._results import REPLY_CHANNEL, reply_message
 from workers.pipeline.outbox import Outbox, Write
@@ -42,6 +45,15 @@ LEASE_MS = 15_000
 #: Renew the lease while its holder is the one asking. KEYS: state. ARGV: lease, ms.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+#: Take a job waiting for a batch: its state swapped for a lease, if it still waits.
+#: KEYS: state. ARGV: the waiting mark, lease, ms.
+_TAKE_WAITING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1
+end
 return 0
 """
 
@@ -82,6 +94,7 @@ class OnceStep(Step):
         self._redis = redis
         self._lease_ms, self._poll_s = lease_ms, poll_s
         self._renew = redis.register_script(_RENEW)
+        self._take_waiting = redis.register_script(_TAKE_WAITING)
         self._wakeups = Channels(redis)
 
     async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
@@ -117,6 +130,11 @@ class OnceStep(Step):
             raw = await self._redis.get(key)
             if raw is not None:
                 found: str = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if found == BATCH_WAITING:
+                    if await self._take_waiting(keys=[key],
+                                                args=[BATCH_WAITING, lease, self._lease_ms]):
+                        return None
+                    continue  # taken meanwhile by its other path: look again
                 return None if found == lease else found
             # Gone between the two (a lease that lapsed): try again.
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from celery import Celery
 from fastapi import FastAPI
-from redis import Redis
 
 from schemas import Settings, load_config
 from tasks import FleetClient
+from tasks._redis import sync_client
 from tasks.celery_config import celery_settings
 from workers.api.admin_routes import public_router
 from workers.api.admin_routes import router as admin_router
@@ -28,9 +28,10 @@ from workers.api.keys import KeyVerifier
 from workers.api.metrics import metrics_router
 from workers.api.openai_routes import router as openai_router
 from workers.api.state import ApiState
+from workers.observability.traces import RequestScope, setup_tracing
 from workers.store.engines import sync_engine
 
-__all__ = ["MAX_BODY_BYTES", "BodyLimit", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "BodyLimit", "RequestContext", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,31 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class RequestContext:
+    """Each request's trace id on the log lines it causes (its ``traceparent``
+    header's, else a new one) and on the jobs it submits; when the process traces
+    (OTEL_EXPORTER_OTLP_ENDPOINT), its server span, the parent of those jobs' spans."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with RequestScope(scope) as request:
+            if request.span is None:
+                await self.app(scope, receive, send)
+                return
+
+            async def send_noting_status(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    request.status(int(message["status"]))
+                await send(message)
+
+            await self.app(scope, receive, send_noting_status)
+
+
 def _state(settings: Settings | None) -> ApiState:
     settings, fleet = load_config(settings)
     from workers.devstack.services import resolve_services
@@ -111,7 +137,7 @@ def _state(settings: Settings | None) -> ApiState:
     control.conf.update(celery_settings(services.redis_url, services.redis_url, fleet))
     admin_key = os.environ.get("LLMFLEET_ADMIN_KEY") or None
     metrics_token = os.environ.get("LLMFLEET_METRICS_TOKEN") or admin_key
-    redis = Redis.from_url(services.redis_url, socket_timeout=5)
+    redis = sync_client(services.redis_url, socket_timeout=5)
     return ApiState(
         settings=settings, fleet=fleet, engine=engine, control=control, admin_key=admin_key,
         metrics_token=metrics_token,
@@ -127,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     LLMFLEET_CONFIG, LLMFLEET_ADMIN_KEY, LLMFLEET_METRICS_TOKEN) unless ``settings``
     say otherwise."""
     state = _state(settings)
+    setup_tracing(state.settings, "llmfleet-api")
     if state.admin_key is None:
         log.warning("LLMFLEET_ADMIN_KEY is not set: the admin API (/api/admin/ml-ops) is off")
 
@@ -151,4 +178,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_router)
     app.add_middleware(BodyLimit)
     app.add_middleware(DashboardHeaders)
+    # Outermost: the trace id is bound before anything else logs.
+    app.add_middleware(RequestContext)
     return app

@@ -70,13 +70,16 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("llmfleet_up", "Whether a source answered this scrape.",
                                labels=["source"])
-        try:
-            families = self._counters()  # read whole before yielding any
-            up.add_metric(["postgres"], 1)
-            yield from families
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("metrics: Postgres is unreachable (%s)", type(exc).__name__)
-            up.add_metric(["postgres"], 0)
+        # ENABLE_MONITORING=false: no counters are kept, so no query; Redis's live
+        # figures only.
+        if self._state.settings.enable_monitoring:
+            try:
+                families = self._counters()  # read whole before yielding any
+                up.add_metric(["postgres"], 1)
+                yield from families
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("metrics: Postgres is unreachable (%s)", type(exc).__name__)
+                up.add_metric(["postgres"], 0)
         try:
             yield from self._redis()
             up.add_metric(["redis"], 1)

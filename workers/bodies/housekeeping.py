@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from schemas.keys import BEAT_LAST_RUN
 from tasks.names import (
     AGENT_STATS,
+    BATCH_TICK,
     BEAT_HEARTBEAT,
     ENFORCE_BUDGETS,
     EVALUATE_ALERTS,
@@ -22,6 +23,7 @@ from tasks.names import (
 from workers.accounting import monitoring, periodic, reports
 from workers.accounting.alerts import Alerter
 from workers.bodies.database import with_ledger
+from workers.bodies.jobs import finish_batched
 from workers.runtime import WorkerRuntime, get_runtime
 
 __all__ = ["HOUSEKEEPING_BODIES"]
@@ -59,6 +61,10 @@ def evaluate_alerts() -> dict[str, Any]:
 
 
 def rollup_metrics() -> dict[str, Any]:
+    """The metrics' roll-ups; none with ENABLE_MONITORING=false (the dashboard's and
+    reports' charts then have nothing past the ledger's retention)."""
+    if not get_runtime().settings.enable_monitoring:
+        return {"skipped": "monitoring is off (ENABLE_MONITORING)"}
     return with_ledger(lambda runtime, engine: periodic.rollup_metrics(
         engine, retention_days=runtime.settings.metrics_retention_days))
 
@@ -67,6 +73,20 @@ def purge_expired() -> dict[str, Any]:
     return with_ledger(lambda runtime, engine: periodic.purge_expired(
         engine, runtime.settings.metrics_retention_days,
         audit_retention_days=runtime.settings.audit_retention_days))
+
+
+def batch_tick() -> dict[str, int]:
+    """The batcher's round (``workers.batching``); nothing without Postgres or with
+    ``[batch] enabled = false``."""
+    runtime = get_runtime()
+    batcher = runtime.batcher
+    if batcher is None:
+        return {}
+
+    async def finish(payload: dict[str, Any], answer: Any) -> None:
+        await finish_batched(runtime, payload, answer)
+
+    return runtime.run(batcher.tick(finish))
 
 
 def agent_stats(agent: str, since: str | None = None) -> dict[str, Any]:
@@ -80,4 +100,5 @@ HOUSEKEEPING_BODIES: dict[str, Callable[..., Any]] = {
     BEAT_HEARTBEAT: beat_heartbeat, ENFORCE_BUDGETS: enforce_budgets,
     EVALUATE_ALERTS: evaluate_alerts,
     ROLLUP_METRICS: rollup_metrics, PURGE_EXPIRED: purge_expired, AGENT_STATS: agent_stats,
+    BATCH_TICK: batch_tick,
 }

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import current_task
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas import (
     CompletionJob,
@@ -40,16 +42,27 @@ from tasks.names import (
 from workers.accounting.ledger import error_row, rejected_row
 from workers.accounting.once import end_job
 from workers.admission.gate import Parked
+from workers.observability.traces import JobScope, record_outcome
+from workers.pipeline.deadline import Deadline
 from workers.pipeline.outbox import Outbox
 from workers.pipeline.steps import JobContext
 from workers.pipeline.streams import StreamSink
+from workers.providers import Completion
 from workers.runtime import WorkerRuntime, get_runtime
 
 Job = CompletionJob | EmbeddingJob
 
-__all__ = ["JOB_BODIES"]
+__all__ = ["JOB_BODIES", "finish_batched"]
 
 log = logging.getLogger(__name__)
+
+
+async def _observed(payload: Any, model: type[Job], runtime: WorkerRuntime,
+                    message_id: str | None = None) -> None:
+    """``_guarded`` in the job's context, restored from its payload: its ids on every
+    log line it causes and, when the process traces, its spans (``JobScope``)."""
+    with JobScope(payload):
+        await _guarded(payload, model, runtime, message_id)
 
 
 async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime,
@@ -80,6 +93,17 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime,
             await _park(runtime, job, ctx.tier, verdict)
             return
         ticket = verdict.ticket
+    if await _deferred(runtime, ctx):
+        if ticket is not None:  # it holds nothing while it waits
+            await _settle(runtime, ticket, ctx, None)
+        return None
+    return await _run(runtime, payload, ctx, ticket)
+
+
+async def _run(runtime: WorkerRuntime, payload: Any, ctx: JobContext,
+               ticket: Ticket | None = None) -> None:
+    """Run a routed job through the pipeline and finish it."""
+    job = ctx.job
     result = None
     try:
         result = await runtime.pipeline.run(ctx)
@@ -95,6 +119,45 @@ async def _guarded(payload: Any, model: type[Job], runtime: WorkerRuntime,
     return await _finish(runtime, payload, envelope, ctx.outbox)
 
 
+async def _deferred(runtime: WorkerRuntime, ctx: JobContext) -> bool:
+    """Has the job been left to wait for a provider batch (``workers.batching``)? Not
+    when it must run now, or the cache has its answer (then it is answered now)."""
+    deferral = runtime.deferral
+    deadline = deferral.deadline(ctx) if deferral is not None else None
+    if deferral is None or deadline is None:
+        return False
+    try:
+        if await runtime.cache_step.has_answer(ctx):
+            return False
+        return await deferral.defer(ctx, deadline)
+    except (SQLAlchemyError, RedisError, OSError) as exc:  # no waiting room: run it now
+        log.warning("job %s could not wait for a batch (%s): running it now",
+                    ctx.job.job_id, type(exc).__name__)
+        return False
+
+
+async def finish_batched(runtime: WorkerRuntime, payload: dict[str, Any],
+                         answer: Completion) -> None:
+    """A waiting job its batch answered: the whole pipeline (claim, ledger, cache,
+    budget at batch prices), ``answer`` standing in for its provider call, then its end
+    as any job's. Whichever runs it first, this or its live run, is charged; the other
+    answers from its outcome."""
+    try:
+        job = CompletionJob.model_validate(payload)
+        ctx = runtime.pipeline.context(job)
+    except (ValidationError, FleetError) as exc:  # it passed when it was deferred
+        log.error("batched job %s no longer validates (%s)", payload.get("job_id"),
+                  type(exc).__name__)
+        return
+    # Its batch's model only, and the fleet's time limit from now: the time the caller
+    # waits was checked against its deadline when it was deferred.
+    ctx.chain = ctx.chain[:1]
+    ctx.deadline = Deadline(at=time.time() + runtime.fleet.job_time_limit_s, job_id=job.job_id)
+    ctx.batch_answer = answer
+    with JobScope(payload):
+        await _run(runtime, payload, ctx)
+
+
 async def _finish(runtime: WorkerRuntime, payload: Any, envelope: dict[str, Any],
                   outbox: Outbox, row: LedgerRow | None = None) -> None:
     """The end of a job, in one round trip (``end_job``): what its steps left to write
@@ -105,6 +168,7 @@ async def _finish(runtime: WorkerRuntime, payload: Any, envelope: dict[str, Any]
     job_id, reply_to = data.get("job_id"), data.get("reply_to")
     if not isinstance(job_id, str) or not 8 <= len(job_id) <= 64:
         job_id = None
+    record_outcome(envelope)
     writes = []
     if row is not None and runtime.settings.enable_cost_tracking:
         text = row.model_dump_json()
@@ -147,7 +211,7 @@ async def _settle(runtime: WorkerRuntime, ticket: Ticket, ctx: JobContext,
 
 def complete(payload: Any) -> None:
     runtime = get_runtime()
-    runtime.run(_guarded(payload, CompletionJob, runtime, _message_id()))
+    runtime.run(_observed(payload, CompletionJob, runtime, _message_id()))
 
 
 def complete_batch(payloads: Any) -> None:
@@ -159,14 +223,14 @@ def complete_batch(payloads: Any) -> None:
         return
 
     async def run_all() -> None:
-        await asyncio.gather(*(_guarded(p, CompletionJob, runtime) for p in payloads))
+        await asyncio.gather(*(_observed(p, CompletionJob, runtime) for p in payloads))
 
     runtime.run(run_all())
 
 
 def embed(payload: Any) -> None:
     runtime = get_runtime()
-    runtime.run(_guarded(payload, EmbeddingJob, runtime, _message_id()))
+    runtime.run(_observed(payload, EmbeddingJob, runtime, _message_id()))
 
 
 def _message_id() -> str | None:

@@ -84,6 +84,16 @@ class CacheStep(Step):
             ctx.outbox.add(self._coalescer.release(key, job.job_id))
         return outcome
 
+    async def has_answer(self, ctx: JobContext) -> bool:
+        """Does the exact cache hold this job's answer? (A job that could wait for a
+        batch is answered now instead, by this step.)"""
+        job = ctx.job
+        if not isinstance(job, CompletionJob) or cache_mode(job, self._fleet.cache,
+                                                            self._enabled) != "use":
+            return False
+        return await self._cache.get(cache_key(ctx.primary_model, job, ctx.max_tokens)) \
+            is not None
+
     async def _lead(self, ctx: JobContext, call_next: Handler, key: str,
                     relay: StreamRelay | None) -> CompletionResult | CachedAnswer:
         """The job holding the key's lock (or done waiting for it): the answer whose

@@ -48,11 +48,18 @@ def api_command(host: str, port: int, processes: int, log_level: str) -> None:
                     fg="yellow", err=True)
     click.echo(f"llmfleet API on http://{host}:{port} ({processes} process(es)); "
                f"dashboard: http://{host}:{port}/dashboard", err=True)
-    from workers.api.protocol import NoDelayH11Protocol
+    from uvicorn.config import LOGGING_CONFIG
 
+    from workers.api.protocol import NoDelayH11Protocol
+    from workers.observability.logs import uvicorn_log_config
+
+    # JSON lines (LLMFLEET_LOG_FORMAT=json): uvicorn's loggers and the root logger, in
+    # every API process; else uvicorn's own configuration.
     uvicorn.run("workers.api.app:create_app", factory=True, host=host, port=port,
                 workers=processes, log_level=log_level, timeout_graceful_shutdown=10,
-                http=NoDelayH11Protocol)
+                http=NoDelayH11Protocol,
+                log_config=uvicorn_log_config(log_level) if settings.log_format == "json"
+                else LOGGING_CONFIG)
 
 
 @click.group("keys")

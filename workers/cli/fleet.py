@@ -40,7 +40,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     """
     from tasks.celery_config import fleet_queues
     from tasks.names import ADMIN_QUEUE
-    from workers.app import create_app
+    from workers.app import create_app, observe
     from workers.devstack.services import export_service_env, resolve_services
     from workers.providers import missing_keys
     from workers.runtime import warm_up
@@ -60,6 +60,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
                         "calls and its models will fall back", fg="yellow", err=True)
     queues = fleet_queues(fleet, chosen)
     queues.append(ADMIN_QUEUE)  # housekeeping: any worker may run it
+    observe(settings, "llmfleet-worker")
     app = create_app(services.redis_url, fleet)
     warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
     name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
@@ -71,18 +72,23 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
 @click.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
-    """Run Celery beat: heartbeat, enforce_budgets, rollup_metrics and purge_expired, at
-    the intervals of the fleet file's [beat] section."""
-    from workers.app import create_app
+    """Run Celery beat: heartbeat, enforce_budgets, rollup_metrics, purge_expired and
+    evaluate_alerts, at the intervals of the fleet file's [beat] section.
+
+    Run one on each of several hosts if you like: one beat is active at a time (a lock
+    in Redis, RedBeat's), the others stand by and one takes over within [beat]
+    lock_timeout_s (30 s) when the active one dies. The schedule lives in Redis too.
+    """
+    from workers.app import beat_settings, create_app, observe
     from workers.devstack.services import export_service_env, resolve_services
 
     settings, fleet = load_config()
+    observe(settings, "llmfleet-beat")
     services = resolve_services(settings, postgres=False)
     export_service_env(services)
-    schedule = settings.resolved_data_dir / "celerybeat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
     app = create_app(services.redis_url, fleet)
-    app.start(["beat", "--loglevel", loglevel, "--schedule", str(schedule)])
+    app.conf.update(beat_settings(services.redis_url, fleet))
+    app.start(["beat", "--loglevel", loglevel])
 
 
 @click.command()
@@ -117,11 +123,21 @@ def beat(loglevel: str) -> None:
               type=click.FloatRange(0, min_open=True),
               help="The sliding window quotas are counted over (a provider that counts per "
               "second: 1).")
+@click.option("--batch-completion-s", default=2.0, show_default=True,
+              type=click.FloatRange(0, max_open=True, max=float("inf")),
+              help="Batches (OpenAI's Batch API, Anthropic's Message Batches): time from "
+              "creation to the end, items answered progressively (huge: stalled).")
+@click.option("--batch-item-error-rate", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1), help="Share of batch items that end in an error.")
+@click.option("--batch-expire", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of batches that expire instead of completing (about half their "
+              "items answered, the rest expired).")
 def simulator(host: str, port: int, latency_ms: float, error_rate: float,
               rate_limit_rate: float, retry_after: int, malformed_rate: float,
               first_token_ms: float, token_ms: float, stream_failure_rate: float,
               quota_rpm: tuple[str, ...], quota_tpm: tuple[str, ...],
-              quota_window_s: float) -> None:
+              quota_window_s: float, batch_completion_s: float,
+              batch_item_error_rate: float, batch_expire: float) -> None:
     """Serve the provider simulator (OpenAI and Anthropic wire formats) over HTTP.
 
     Point a fleet at it with LLMFLEET_SIMULATOR_URL=http://HOST:PORT. Change its
@@ -136,7 +152,10 @@ def simulator(host: str, port: int, latency_ms: float, error_rate: float,
                              token_ms=token_ms, stream_failure_rate=stream_failure_rate,
                              quota_rpm=_per_model(quota_rpm, "--quota-rpm"),
                              quota_tpm=_per_model(quota_tpm, "--quota-tpm"),
-                             quota_window_s=quota_window_s)
+                             quota_window_s=quota_window_s,
+                             batch_completion_s=batch_completion_s,
+                             batch_item_error_rate=batch_item_error_rate,
+                             batch_expire=batch_expire)
     click.echo(f"provider simulator on http://{host}:{port} "
                f"(OpenAI at /v1, Anthropic at /v1/messages)")
     run_simulator(host=host, port=port, config=config)

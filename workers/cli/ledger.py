@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import click
-import redis
 
+from tasks._redis import sync_client
 from workers.accounting.dead_letters import (
     dead_letter_count,
     list_dead_letters,
@@ -29,7 +29,7 @@ def ledger_group() -> None:
 def dead_letters(limit: int, as_json: bool) -> None:
     """Rows Postgres refused, with the reason, oldest first. Every other row landed."""
     with fleet_servers() as servers:
-        client = redis.Redis.from_url(servers.redis_url)
+        client = sync_client(servers.redis_url)
         try:
             total = dead_letter_count(client)
             entries = list_dead_letters(client, limit)
@@ -51,7 +51,7 @@ def replay() -> None:
     """Move every dead letter back to the spool; the flusher tries it again (a row
     refused again comes back as a dead letter)."""
     with fleet_servers() as servers:
-        client = redis.Redis.from_url(servers.redis_url)
+        client = sync_client(servers.redis_url)
         try:
             with audit.recording(servers.engine, cli_actor(), "ledger.replay",
                                  "ledger:dead-letters") as entry:

@@ -8,12 +8,12 @@ import json
 from typing import Any
 
 import click
-import redis
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tasks._redis import sync_client
 from workers.cli.database import fleet_servers
 
 __all__ = ["limits_command"]
@@ -95,7 +95,7 @@ def limits_command(as_json: bool) -> None:
 
     with fleet_servers() as servers:
         keys = key_limits(servers.engine)
-        client = redis.Redis.from_url(servers.redis_url)
+        client = sync_client(servers.redis_url)
         try:
             report = {"generated_at": dt.datetime.now(dt.UTC).isoformat(),
                       "limits": limits_snapshot(client, servers.fleet, keys),

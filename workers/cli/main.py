@@ -7,7 +7,6 @@ LLMFLEET_DATA_DIR are started (once) or joined.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -31,8 +30,14 @@ def cli(log_level: str) -> None:
     Start with `llmfleet demo`: it runs the whole fleet on embedded servers and the
     bundled provider simulator, then stops it.
     """
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    from schemas import Settings
+    from workers.observability.logs import configure_logging
+
+    try:
+        log_format = Settings.from_env().log_format
+    except ConfigError:  # the command reports it when it reads its settings
+        log_format = "text"
+    configure_logging(log_format=log_format, level=log_level.upper())
 
 
 def _add_commands() -> None:

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from schemas import parse_since
+from tasks._redis import sync_client
 from workers.accounting import reports
 from workers.cli.database import fleet_servers
 
@@ -86,7 +86,7 @@ def costs(since: dt.datetime, by: str, as_json: bool) -> None:
 def budgets(as_json: bool) -> None:
     """Every budget in its current period: spent (ledger), reserved (Redis), state."""
     with fleet_servers() as servers:
-        client = redis.Redis.from_url(servers.redis_url)
+        client = sync_client(servers.redis_url)
         try:
             rows = reports.budgets_state(servers.engine, client, servers.fleet)
         finally:

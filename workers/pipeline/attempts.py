@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from schemas import Attempt, ProviderError, RetryConfig
+from workers.observability import traces
 from workers.pipeline.breaker import Breaker, route_key
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.retry import compute_backoff
@@ -63,7 +64,7 @@ class AttemptRunner:
                                               prepaid=prepaid)
             started = time.perf_counter()
             try:
-                value = await self._bounded(call, deadline)
+                value = await self._traced(call, deadline, model, provider, attempt)
             except ProviderError as exc:
                 log.append(Attempt(model=model, provider=provider, ok=False,
                                    latency_ms=_ms_since(started), status_code=exc.status_code,
@@ -82,6 +83,15 @@ class AttemptRunner:
             await self.breaker.record_success(route)
             return value
         raise AssertionError("unreachable: the last attempt raises or returns")
+
+    async def _traced(self, call: Callable[[], Awaitable[T]], deadline: Deadline, model: str,
+                      provider: str, attempt: int) -> T:
+        """The call, in a span of its own when the process traces."""
+        tracer = traces.tracer()
+        if tracer is None:
+            return await self._bounded(call, deadline)
+        return await traces.attempt(tracer, lambda: self._bounded(call, deadline),
+                                    model=model, provider=provider, number=attempt)
 
     async def _bounded(self, call: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
         left = deadline.remaining()

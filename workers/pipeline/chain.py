@@ -135,9 +135,13 @@ class Pipeline:
                     return completion
                 raise OutputValidationError(f"{model}: the answer is {problem}", model=model,
                                             provider=provider.name, detail=problem)
-            for _ in range(self.fleet.retry.invalid_output_retries + 1):
+            asks = self.fleet.retry.invalid_output_retries + 1
+            answer: Callable[[ChatRequest], Awaitable[Completion]] = provider.complete
+            if ctx.batch_answer is not None:  # answered by a batch: asking again changes nothing
+                asks, answer = 1, _answered(ctx.batch_answer)
+            for _ in range(asks):
                 completion = await self.runner.run(
-                    lambda: provider.complete(request), model=model, provider=provider.name,
+                    lambda: answer(request), model=model, provider=provider.name,
                     deadline=ctx.deadline, max_retries=self.fleet.max_retries(ctx.tier),
                     log=ctx.log, quota=ctx.quota)
                 problem, seen["parsed"] = check_output(job, completion)
@@ -178,9 +182,9 @@ class Pipeline:
         """The result: the answering call's usage and cost, plus every discarded
         answer's (each at its own model's prices)."""
         usage = self._usage(ctx, completion)
-        cost = cost_of(self.fleet.models[model], usage)
+        cost = cost_of(ctx.prices(model), usage)
         for other, spent in ctx.discarded:
-            cost += cost_of(self.fleet.models[other], spent)
+            cost += cost_of(ctx.prices(other), spent)
             usage = Usage(prompt_tokens=usage.prompt_tokens + spent.prompt_tokens,
                           completion_tokens=usage.completion_tokens + spent.completion_tokens,
                           cached_tokens=usage.cached_tokens + spent.cached_tokens,
@@ -249,6 +253,14 @@ class Pipeline:
         raise AllModelsFailedError(
             f"every model of tier {tier!r} failed: " + "; ".join(errors), tier=tier,
             attempts=[a.model_dump(mode="json") for a in log])
+
+
+def _answered(completion: Completion) -> Callable[[ChatRequest], Awaitable[Completion]]:
+    """A provider call that a batch already answered."""
+    async def answer(_: ChatRequest) -> Completion:
+        return completion
+
+    return answer
 
 
 def _latency(job: CompletionJob | EmbeddingJob) -> float:

@@ -19,7 +19,8 @@ import tiktoken
 from schemas import ImageURL, Message, ModelConfig, Tool, Usage
 from schemas.images import parse_data_url
 
-__all__ = ["cost_of", "count_tokens", "estimate_prompt_tokens", "image_tokens", "worst_case_cost"]
+__all__ = ["batch_prices", "cost_of", "count_tokens", "estimate_prompt_tokens", "image_tokens",
+           "worst_case_cost"]
 
 _PER_MESSAGE = 4  # role and separators, as OpenAI's chat format counts them
 _PER_REQUEST = 3
@@ -78,6 +79,18 @@ def cost_of(model: ModelConfig, usage: Usage) -> float:
              + cached * cached_price
              + usage.completion_tokens * model.output_per_mtok)
     return round(micro / 1_000_000, 10)
+
+
+def batch_prices(model: ModelConfig, discount: float) -> ModelConfig:
+    """``model`` as priced through its provider's batch API: its batch prices, else its
+    live prices times ``discount`` (cached input too)."""
+    cached = model.cached_input_per_mtok
+    return model.model_copy(update={
+        "input_per_mtok": (model.input_per_mtok * discount if model.batch_input_per_mtok
+                           is None else model.batch_input_per_mtok),
+        "output_per_mtok": (model.output_per_mtok * discount if model.batch_output_per_mtok
+                            is None else model.batch_output_per_mtok),
+        "cached_input_per_mtok": None if cached is None else cached * discount})
 
 
 def worst_case_cost(model: ModelConfig, prompt_tokens: int, max_tokens: int) -> float:

@@ -24,12 +24,16 @@ from schemas import (
     EmbeddingJob,
     EmbeddingResult,
     FleetConfig,
+    ModelConfig,
     Usage,
 )
+from workers.observability import traces
 from workers.pipeline.attempts import QuotaUse
 from workers.pipeline.deadline import Deadline
 from workers.pipeline.outbox import Outbox
+from workers.pipeline.pricing import batch_prices
 from workers.pipeline.streams import StreamSink
+from workers.providers import Completion
 
 __all__ = ["Handler", "JobContext", "Result", "Step", "compose"]
 
@@ -71,6 +75,9 @@ class JobContext:
     quota: QuotaUse | None = None
     #: The writes the job makes when it ends, sent together (``workers.pipeline.outbox``).
     outbox: Outbox = field(default_factory=Outbox)
+    #: The answer a provider's batch API gave the job (``workers.batching``): the chain
+    #: takes it instead of calling its model, and the job pays batch prices.
+    batch_answer: Completion | None = None
 
     def __post_init__(self) -> None:
         if not self.primary_model and self.chain:
@@ -79,6 +86,15 @@ class JobContext:
     @property
     def is_completion(self) -> bool:
         return isinstance(self.job, CompletionJob)
+
+    @property
+    def batched(self) -> bool:
+        return self.batch_answer is not None
+
+    def prices(self, model: str) -> ModelConfig:
+        """``model``'s prices for this job: live, or its batch prices when batched."""
+        config = self.fleet.models[model]
+        return batch_prices(config, self.fleet.batch.discount) if self.batched else config
 
     def move_to_tier(self, tier: str) -> None:
         """Run the job on another tier's chain (a budget's downgrade)."""
@@ -109,10 +125,18 @@ class Step:
 
 
 def compose(steps: Sequence[Step], innermost: Handler) -> Handler:
-    """One handler running ``steps`` in order around ``innermost``."""
-    handler = innermost
+    """One handler running ``steps`` in order around ``innermost``; when the process
+    traces, each step in a span of its own (``workers.observability.traces``), else
+    nothing but the steps."""
+    tracer = traces.tracer()
+    if tracer is None:
+        handler = innermost
+        for step in reversed(steps):
+            handler = _bind(step, handler)
+        return handler
+    handler = traces.operation_handler(innermost, lambda ctx: ctx.is_completion)
     for step in reversed(steps):
-        handler = _bind(step, handler)
+        handler = traces.step_handler(tracer, type(step).__name__, step, handler)
     return handler
 
 

@@ -81,6 +81,16 @@ class AnthropicProvider(Provider):
         payload, format_name, wrapped = self.chat_payload(request)
         url = self.config.base_url.rstrip("/") + "/v1/messages"
         body = await self._post(url, payload, request.model)
+        return self._checked(body, request, format_name, wrapped)
+
+    def read_completion(self, body: Any, request: ChatRequest) -> Completion:
+        """A message's body (a batch's result) read; the request tells which tool, if
+        any, its response format became."""
+        _, format_name, wrapped = self.chat_payload(request)
+        return self._checked(body, request, format_name, wrapped)
+
+    def _checked(self, body: Any, request: ChatRequest, format_name: str | None,
+                 wrapped: bool) -> Completion:
         try:
             return self._read(body, format_name, wrapped)
         except (KeyError, TypeError, AttributeError, ValueError):

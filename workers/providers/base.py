@@ -147,12 +147,14 @@ class Provider(ABC):
     def _error_detail(self, body: Any) -> tuple[str, str | None]:
         """(message, code) from an error body in this wire format."""
 
-    async def _post(self, url: str, payload: dict[str, Any], model: str) -> Any:
-        """POST JSON and return the decoded body, or raise the mapped ProviderError."""
+    async def send(self, method: str, url: str, model: str, **options: Any) -> httpx.Response:
+        """One HTTP request with this provider's headers and timeouts (``options`` go to
+        httpx: json, files, data, params); the response, or the mapped ProviderError.
+        The batch APIs (``workers.providers.batches``) call it too."""
         where = {"provider": self.name, "model": model}
         try:
-            response = await self._http.post(url, json=payload, headers=self._headers(),
-                                             timeout=self._timeout)
+            response = await self._http.request(method, url, headers=self._headers(),
+                                                timeout=self._timeout, **options)
         except httpx.TimeoutException as exc:
             raise ProviderTimeoutError(f"{self.name}: {model} timed out", **where) from exc
         except httpx.TransportError as exc:
@@ -161,6 +163,12 @@ class Provider(ABC):
                 **where) from exc
         if response.status_code >= 400:  # the status decides, whatever the body is
             raise self._error(response, model)
+        return response
+
+    async def _post(self, url: str, payload: dict[str, Any], model: str) -> Any:
+        """POST JSON and return the decoded body, or raise the mapped ProviderError."""
+        where = {"provider": self.name, "model": model}
+        response = await self.send("POST", url, model, json=payload)
         try:
             return response.json() if response.content else None
         except ValueError as exc:  # a success that is not JSON

@@ -61,6 +61,10 @@ class OpenAIProvider(Provider):
     async def complete(self, request: ChatRequest) -> Completion:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         body = await self._post(url, self.chat_payload(request), request.model)
+        return self.read_completion(body, request)
+
+    def read_completion(self, body: Any, request: ChatRequest) -> Completion:
+        """A chat completion's body (a live answer, or a batch's output line) read."""
         try:
             choice = body["choices"][0]
             message = choice["message"]

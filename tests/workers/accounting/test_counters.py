@@ -194,3 +194,18 @@ def test_the_migration_counts_the_ledger_and_the_purged_days(scratch: str) -> No
     # And the histogram holds the ledger's rows that waited (roll-ups keep no buckets)
     assert latency_of(sync_engine(scratch), "simple") == {
         0.1: (2, 180.0), 30.0: (1, 20_000.0)}
+
+
+def test_with_monitoring_off_rows_land_and_nothing_counts(
+        run: tuple[Any, LedgerFlusher, Any], engine: Engine, database_url: str) -> None:
+    do, _, client = run
+    tag = f"ctr-{uuid.uuid4().hex[:8]}"
+    # Given the flusher of a worker with ENABLE_MONITORING=false
+    quiet = LedgerFlusher(client, async_engine(database_url), count=False)
+    # When rows land
+    do(client.rpush(LEDGER_SPOOL, landing(tag, "a"), landing(tag, "b")))
+    drain(do, quiet)
+    # Then the ledger has them, and the counters (Prometheus' figures) nothing
+    assert ledger_figures(engine, tag)[("m-small", tag, "succeeded")]["jobs"] == 2
+    assert counters_of(engine, tag) == {}
+    assert latency_of(engine, tag) == {}

@@ -159,8 +159,8 @@ def test_the_job_carries_the_keys_id_limit_and_priority_to_its_queue(
                       KeyLimits(rpm=5, concurrency=2, mode="queue", priority="high"))
     sent: list[tuple[str, Any, str]] = []
     client = FleetClient(redis_url=redis_url, fleet=api_fleet, agent="api")
-    client._send = lambda name, payload, queue, task_id: sent.append(  # type: ignore[method-assign]
-        (name, payload, queue))
+    client._dispatch = lambda name, args, queue, task_id: sent.append(  # type: ignore[method-assign]
+        (name, args[0], queue))
     try:
         # When the route's fields go with a job, as the request names no priority
         # and then as it asks for low

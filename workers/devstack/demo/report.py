@@ -9,12 +9,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import redis
 from rich.console import Console
 
 from schemas import FleetConfig
 from schemas.keys import LEDGER_SPOOL
 from tasks import FleetClient
+from tasks._redis import sync_client
 from tasks.names import ADMIN_QUEUE, ENFORCE_BUDGETS
 from workers.accounting import reports
 from workers.store.engines import sync_engine
@@ -50,7 +50,7 @@ alert_threshold = {DEMO_THRESHOLD}
 
 def _wait_for_ledger(redis_url: str, timeout: float = 20) -> int:
     """Block until the workers have flushed the ledger spool; rows still waiting."""
-    with redis.Redis.from_url(redis_url) as client:
+    with sync_client(redis_url) as client:
         deadline = time.monotonic() + timeout
         while (waiting := int(client.llen(LEDGER_SPOOL))) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -73,7 +73,7 @@ def show_accounting(client: FleetClient, redis_url: str, database_url: str,
     client._app.send_task(ENFORCE_BUDGETS, queue=ADMIN_QUEUE, task_id=task_id)
     outcome = client._waiter.wait_task(task_id, 60)
     name = demo_budget_name(run_id)
-    with redis.Redis.from_url(redis_url) as fast:
+    with sync_client(redis_url) as fast:
         budgets = reports.budgets_state(engine, fast, fleet)
     for row in budgets:
         if row["name"] == name:

@@ -209,8 +209,11 @@ def run_demo(jobs: int = 200, latency_ms: float = 50.0, keep_servers: bool = Fal
             console.print(f"Provider calls seen by the simulator: {counts['requests']} "
                           f"({by_status})")
         show_experiment(client, experiment, console)
-        run_rag_demo(client, services.database_url, console)
-        run_tool_agent_demo(client, services.database_url, console)
+        # The vectors' Postgres: POSTGRES_VECTOR_CONNECTION, else the fleet's own.
+        vectors_url = settings.vector_url(services.database_url)
+        assert vectors_url is not None
+        run_rag_demo(client, vectors_url, console)
+        run_tool_agent_demo(client, vectors_url, console)
         if services.database_url and settings.enable_cost_tracking:
             show_accounting(client, services.redis_url, services.database_url, fleet,
                             run_started, run_id, console)

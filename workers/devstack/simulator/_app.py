@@ -6,7 +6,9 @@ limit, the model's quotas (_quota.py: a 429 at once, before any sleep), the
 latency sleep, the seeded error/rate-limit draw, then the answer: one JSON
 body, or (`"stream": true`) a stream paced by first_token_ms and token_ms
 instead of the latency sleep (_stream.py). The wire formats live in
-_openai*.py and _anthropic*.py; what to answer, in _answer.py.
+_openai*.py and _anthropic*.py; what to answer, in _answer.py. The batch and
+file routes (_openai_files.py, _openai_batches.py, _anthropic_batches.py) check only
+the api_key; their items run the request's own checks and answer (_batch_run.py).
 Handlers do no I/O beyond the socket and reuse one tokenizer, so a 2-core
 machine serves well over 1,000 requests/s.
 """
@@ -18,53 +20,19 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from . import _anthropic_batches as claude_batches
+from . import _openai_batches as batches
+from . import _openai_files as files
 from . import _protocol as p
 from ._anthropic import parse_messages
+from ._batch_run import parse_embeddings, route
 from ._config import STATE, SimState, SimulatorConfig
-from ._embeddings import MAX_INPUTS, default_dimensions, embed, max_dimensions, to_base64
 from ._openai import parse_chat
-from ._protocol import Fmt, Json, Parsed, Reject, with_usage
+from ._protocol import Fmt, Json, Parsed, Reject
 from ._stream import Streamed, send
-from ._text import count_tokens, encoder
+from ._text import encoder
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024  # 2,048 long embedding inputs fit
-
-
-def _dimensions_of(body: Json, model: str) -> int:
-    dims = body.get("dimensions")
-    if dims is None:
-        return default_dimensions(model)
-    top = max_dimensions(model)
-    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= top:
-        message = f"dimensions: an integer from 1 to {top} is required."
-        raise Reject(400, message, param="dimensions")
-    return dims
-
-
-def _parse_embeddings(body: Json) -> Parsed:
-    """POST /v1/embeddings (OpenAI)."""
-    model = p.model_of(body)
-    inputs = p.strings_of(body, "input")
-    if not inputs or len(inputs) > MAX_INPUTS:
-        message = f"input: between 1 and {MAX_INPUTS} strings are required, got {len(inputs)}."
-        raise Reject(400, message, param="input")
-    dims = _dimensions_of(body, model)
-    encoding = body.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
-        raise Reject(400, "encoding_format: 'float' or 'base64'.", param="encoding_format")
-    counts = [count_tokens(text) for text in inputs]
-
-    def answer(state: SimState) -> Json:
-        data = []
-        for index, text in enumerate(inputs):
-            vector = embed(text, dims)
-            value = to_base64(vector) if encoding == "base64" else vector
-            data.append({"object": "embedding", "index": index, "embedding": value})
-        result: Json = {"object": "list", "data": data, "model": model}
-        usage = {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
-        return with_usage(state.config, result, usage)
-
-    return Parsed(model, max(counts), answer, quota_tokens=sum(counts))
 
 
 async def _run(state: SimState, request: web.Request, fmt: Fmt, parsed: Parsed) -> Json | Streamed:
@@ -170,15 +138,42 @@ async def _load_tokenizer(app: web.Application) -> None:
     encoder()  # ~0.15 s; here rather than stalling the loop on the first request
 
 
+def _add_batch_routes(app: web.Application) -> None:
+    """OpenAI's files and batches, Anthropic's message batches (not counted as requests;
+    their items are, apart, in stats' batch_requests)."""
+    add = app.router.add_route
+    for method, path, handle in (
+        ("POST", "/v1/files", files.upload),
+        ("GET", "/v1/files/{file_id}", files.retrieve),
+        ("GET", "/v1/files/{file_id}/content", files.content),
+        ("DELETE", "/v1/files/{file_id}", files.delete),
+        ("POST", "/v1/batches", batches.create),
+        ("GET", "/v1/batches", batches.listing),
+        ("GET", "/v1/batches/{batch_id}", batches.retrieve),
+        ("POST", "/v1/batches/{batch_id}/cancel", batches.cancel),
+    ):
+        add(method, path, route("openai", handle))
+    for method, path, handle in (
+        ("POST", "/v1/messages/batches", claude_batches.create),
+        ("GET", "/v1/messages/batches", claude_batches.listing),
+        ("GET", "/v1/messages/batches/{batch_id}", claude_batches.retrieve),
+        ("DELETE", "/v1/messages/batches/{batch_id}", claude_batches.delete),
+        ("POST", "/v1/messages/batches/{batch_id}/cancel", claude_batches.cancel),
+        ("GET", "/v1/messages/batches/{batch_id}/results", claude_batches.results),
+    ):
+        add(method, path, route("anthropic", handle))
+
+
 def create_app(config: SimulatorConfig) -> web.Application:
     """The simulator's aiohttp application; it reads `config` live on every request."""
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[STATE] = SimState(config)
     app.on_startup.append(_load_tokenizer)
     app.router.add_post("/v1/chat/completions", _provider("openai", parse_chat))
-    app.router.add_post("/v1/embeddings", _provider("openai", _parse_embeddings))
+    app.router.add_post("/v1/embeddings", _provider("openai", parse_embeddings))
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/v1/messages", _provider("anthropic", parse_messages))
+    _add_batch_routes(app)
     app.router.add_get("/_sim/config", _get_config)
     app.router.add_post("/_sim/config", _post_config)
     app.router.add_get("/_sim/stats", _get_stats)

@@ -16,10 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ._batches import BatchStore
 from ._quota import QuotaWindows
 
-_RATES = ("error_rate", "rate_limit_rate", "malformed_rate", "stream_failure_rate")
-_FLOATS = ("latency_ms", "jitter_ms", "first_token_ms", "token_ms", "quota_window_s", *_RATES)
+_RATES = ("error_rate", "rate_limit_rate", "malformed_rate", "stream_failure_rate",
+          "batch_item_error_rate")
+_FLOATS = ("latency_ms", "jitter_ms", "first_token_ms", "token_ms", "quota_window_s",
+           "batch_completion_s", *_RATES)
 _INTS = ("retry_after_s", "seed")
 _QUOTAS = ("quota_rpm", "quota_tpm")
 _INT_MAPS = ("fail_models", "context_limits", *_QUOTAS)
@@ -55,6 +58,17 @@ class SimulatorConfig:
     quota_rpm: dict[str, int] = field(default_factory=dict)
     quota_tpm: dict[str, int] = field(default_factory=dict)
     quota_window_s: float = 60.0
+    #: Batches (OpenAI's Batch API, Anthropic's Message Batches): how long one takes
+    #: from creation to its end, its items answered progressively over that time (a
+    #: poll midway sees partial counts). Read when a batch is created; a huge value
+    #: stalls new batches (they expire after the 24-hour window).
+    batch_completion_s: float = 2.0
+    #: Share of batch items that end in a per-item error (a server error line).
+    batch_item_error_rate: float = 0.0
+    #: Share of batches that expire instead of completing (True: all, False: none):
+    #: they expire after batch_completion_s with about half their items answered, the
+    #: rest `expired`.
+    batch_expire: float = 0.0
 
     def update(self, **changes: Any) -> None:
         """Set the given fields; any unknown name or bad value raises ValueError."""
@@ -83,7 +97,8 @@ def _check(name: str, value: object) -> object:
             raise ValueError(f"{name} must be a number, got {value!r}")
         number = float(value)
         if not number >= 0 or (name in _RATES and number > 1) or (
-                name == "quota_window_s" and not 0 < number < float("inf")):
+                name == "quota_window_s" and not 0 < number < float("inf")) or (
+                name == "batch_completion_s" and number == float("inf")):
             raise ValueError(f"{name} is out of range: {value!r}")
         return number
     if name in _INTS:
@@ -104,6 +119,13 @@ def _check(name: str, value: object) -> object:
         if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
             raise ValueError(f"known_models must be a list of model names or null, got {value!r}")
         return list(value)
+    if name == "batch_expire":
+        if isinstance(value, bool):
+            return 1.0 if value else 0.0
+        if not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ValueError(f"batch_expire must be a boolean or a share from 0 to 1, "
+                             f"got {value!r}")
+        return float(value)
     if name == "omit_usage":
         if not isinstance(value, bool):
             raise ValueError(f"omit_usage must be a boolean, got {value!r}")
@@ -114,11 +136,12 @@ def _check(name: str, value: object) -> object:
 
 
 class SimulatorStats:
-    """Request counters of the provider routes, by path, model and status; and the
-    requests each model's quotas refused (429), by model."""
+    """Request counters of the provider routes, by path, model and status; the
+    requests each model's quotas refused (429), by model; and, apart, the batch
+    items answered (succeeded or errored), in all and by model."""
 
-    __slots__ = ("by_model", "by_path", "by_status", "quota_rejected", "requests",
-                 "seen_models")
+    __slots__ = ("batch_by_model", "batch_requests", "by_model", "by_path", "by_status",
+                 "quota_rejected", "requests", "seen_models")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -126,6 +149,8 @@ class SimulatorStats:
         self.by_model: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.quota_rejected: Counter[str] = Counter()
+        self.batch_requests = 0
+        self.batch_by_model: Counter[str] = Counter()
         # Survives reset: GET /v1/models lists it when known_models is None.
         self.seen_models: dict[str, None] = {}
 
@@ -137,8 +162,15 @@ class SimulatorStats:
             self.by_model[model] += 1
             self.seen_models.setdefault(model, None)
 
+    def record_batch(self, model: str | None) -> None:
+        self.batch_requests += 1
+        if model is not None:
+            self.batch_by_model[model] += 1
+
     def reset(self) -> None:
         self.requests = 0
+        self.batch_requests = 0
+        self.batch_by_model.clear()
         self.by_path.clear()
         self.by_model.clear()
         self.by_status.clear()
@@ -151,6 +183,8 @@ class SimulatorStats:
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
             "quota_rejected": dict(self.quota_rejected),
+            "batch_requests": self.batch_requests,
+            "batch_by_model": dict(self.batch_by_model),
         }
 
 
@@ -172,11 +206,11 @@ class StreamStats:
 
 class SimState:
     """What the handlers share: the live config, the counters, the quotas' windows,
-    the seeded draws."""
+    the batches and files, the seeded draws."""
 
     __slots__ = (
-        "_broken_next", "_draws", "_jitter", "_malformed", "_seed", "_streams",
-        "config", "quotas", "stats", "streams",
+        "_batch_draws", "_broken_next", "_draws", "_jitter", "_malformed", "_seed",
+        "_streams", "batches", "config", "quotas", "stats", "streams",
     )
 
     def __init__(self, config: SimulatorConfig) -> None:
@@ -184,6 +218,7 @@ class SimState:
         self.stats = SimulatorStats()
         self.streams = StreamStats()
         self.quotas = QuotaWindows()
+        self.batches = BatchStore()  # survives reset_stats: batches are not counters
         self._reseed(config.seed)
 
     def _reseed(self, seed: int) -> None:
@@ -193,6 +228,7 @@ class SimState:
         self._jitter = random.Random(seed + 1)
         self._malformed = random.Random(seed + 2)
         self._streams = random.Random(seed + 3)
+        self._batch_draws = random.Random(seed + 4)
         self._broken_next = True
 
     def reset_stats(self) -> None:
@@ -224,6 +260,11 @@ class SimState:
         if self._streams.random() >= self.config.stream_failure_rate:
             return None
         return self._streams.randint(1, max(1, deltas - 1))
+
+    def batch_draws(self) -> random.Random:
+        """The sequence batches draw from: item order, item errors, expiry."""
+        self._check_seed()
+        return self._batch_draws
 
     def delay_s(self) -> float:
         jitter = self.config.jitter_ms

@@ -31,6 +31,8 @@ def test_stats_count_provider_routes_and_reset(sim: SimulatorThread, client: htt
         "by_model": {"m1": 2, "m2": 1, "e1": 1},
         "by_status": {"200": 3, "500": 1},
         "quota_rejected": {},
+        "batch_requests": 0,
+        "batch_by_model": {},
     }
     assert over_http == expected
     assert sim.stats() == expected
@@ -40,7 +42,7 @@ def test_stats_count_provider_routes_and_reset(sim: SimulatorThread, client: htt
     client.post(CHAT, json=chat())
     sim.reset_stats()
     assert sim.stats() == {"requests": 0, "by_path": {}, "by_model": {}, "by_status": {},
-                           "quota_rejected": {}}
+                           "quota_rejected": {}, "batch_requests": 0, "batch_by_model": {}}
 
 
 def test_config_over_http(sim: SimulatorThread, client: httpx.Client) -> None:

@@ -1,0 +1,97 @@
+"""A job whose message never reached a worker (lost between Redis and a worker whose
+host went away, or in a Redis crash between kombu's pop and its record) is sent again
+by the client waiting for it, once nobody took it, its queue is empty and no limit
+holds it; a job that waits in its queue, is held by a limit or runs is never resent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import tasks._results as results_module
+from schemas import FleetConfig, JobTimeoutError
+from schemas.keys import JOB_STATE, PARKED
+from tasks._results import ResultWaiter
+from tasks.names import COMPLETE
+from tests.conftest import client_with_worker
+
+
+@pytest.fixture()
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter that looks at the job's state every 0.1 s (5 s in use)."""
+    monkeypatch.setattr(results_module, "_RECHECK_S", 0.1)
+
+
+@pytest.fixture()
+def waiter(redis_url: str, quick: None) -> Iterator[ResultWaiter]:
+    made = ResultWaiter(redis_url)
+    made.resend_after_s = 0.3
+    yield made
+    made.close()
+
+
+def lost_job(waiter: ResultWaiter, queue: str) -> tuple[str, list[tuple[str, Any, str]]]:
+    job_id = uuid.uuid4().hex
+    sent: list[tuple[str, Any, str]] = []
+    waiter.resend = lambda name, payload, queue: sent.append((name, payload, queue))
+    waiter.expect([job_id], {job_id: (COMPLETE, {"job_id": job_id}, queue)})
+    return job_id, sent
+
+
+def test_a_job_nobody_took_from_an_empty_queue_is_sent_again(waiter: ResultWaiter) -> None:
+    queue = f"llm.lost-{uuid.uuid4().hex[:6]}"
+    job_id, sent = lost_job(waiter, queue)
+    with pytest.raises(JobTimeoutError):
+        waiter.wait(job_id, timeout=1.0)
+    # once per resend_after_s, never more
+    assert sent[0] == (COMPLETE, {"job_id": job_id}, queue) and 2 <= len(sent) <= 4
+
+
+@pytest.mark.parametrize("held", ["queued", "parked", "running"])
+def test_a_job_waiting_held_or_running_is_not_sent_again(waiter: ResultWaiter,
+                                                         redis_url: str, held: str) -> None:
+    queue = f"llm.lost-{uuid.uuid4().hex[:6]}"
+    job_id, sent = lost_job(waiter, queue)
+    with redis.Redis.from_url(redis_url) as client:
+        if held == "queued":
+            client.rpush(queue, "another job before it")
+        elif held == "parked":
+            client.zadd(PARKED, {job_id: 1})
+        else:
+            client.set(JOB_STATE.format(job_id=job_id), "run:abc", px=10_000)
+        try:
+            with pytest.raises(JobTimeoutError):
+                waiter.wait(job_id, timeout=1.0)
+        finally:
+            client.delete(queue, JOB_STATE.format(job_id=job_id))
+            client.zrem(PARKED, job_id)
+    assert sent == []
+
+
+def test_a_lost_message_is_answered_once_through_a_worker(
+        fleet_env: dict[str, str], fleet: FleetConfig, sim: Any, quick: None,
+        tmp_path: Path) -> None:
+    with client_with_worker(fleet_env, fleet, "simple", "w-lost", tmp_path / "w.log",
+                            agent="lost") as client:
+        client._waiter.resend_after_s = 0.5
+        # Given a job whose first message is lost on its way (never reaches Redis)
+        dropped: list[str] = []
+        send = client._dispatch
+
+        def lose_first(name: str, args: list[Any], queue: str, task_id: str) -> None:
+            if not dropped:
+                dropped.append(task_id)
+                return
+            send(name, args, queue, task_id)
+
+        client._dispatch = lose_first  # type: ignore[method-assign]
+        handle = client.submit(f"lost {uuid.uuid4().hex}", tier="simple", max_tokens=8)
+        # When its agent waits, then it is sent again and answered, by one provider call
+        assert handle.get(timeout=30).content
+        assert dropped == [handle.job_id] and sim.stats()["requests"] == 1
+
