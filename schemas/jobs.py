@@ -23,6 +23,7 @@ from schemas.durations import parse_duration
 from schemas.sections import LimitConfig
 
 __all__ = [
+    "MAX_DEADLINE_S",
     "MAX_EMBED_TEXTS",
     "MAX_REQUEST_CHARS",
     "Attempt",

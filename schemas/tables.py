@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -22,7 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["audit_log", "budget_alerts", "experiment_outcomes", "experiments", "fleet_keys",
+__all__ = ["api_batch_jobs", "api_batches", "api_files", "audit_log", "budget_alerts",
+           "experiment_outcomes", "experiments", "fleet_keys",
            "job_ledger", "metadata", "metric_counters", "metric_latency", "metric_ttft",
            "metrics_rollup", "operational_alerts", "prompt_templates", "provider_batch_jobs",
            "provider_batches", "rollup_watermark"]
@@ -207,6 +209,8 @@ fleet_keys = Table(
     Column("concurrency", Integer),
     Column("limit_mode", String(16)),
     Column("priority", String(16)),
+    #: Seconds its jobs that name no deadline can wait (migration 0012); NULL: none.
+    Column("deadline_s", Float),
 )
 
 #: Prompt templates, one row per version: a version is never rewritten, so a ledger row
@@ -322,4 +326,63 @@ provider_batch_jobs = Table(
     Index("ix_provider_batch_jobs_batch", "batch_id"),
     CheckConstraint("state IN ('waiting', 'submitted', 'done', 'live')",
                     name="ck_provider_batch_jobs_state"),
+)
+
+#: Files uploaded at the HTTP API (``/v1/files``, purpose ``batch``) and the output and
+#: error files of its batches; each belongs to the fleet key that made it.
+api_files = Table(
+    "api_files", metadata,
+    #: ``file-`` and 24 hex characters.
+    Column("id", String(40), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    #: batch (uploaded) | batch_output (written by a batch: output and error files)
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_api_files_key_created", "key_id", "created_at"),
+)
+
+#: Batches made at the HTTP API (``/v1/batches``): one fleet job per line of the input
+#: file, sent with the completion window as its deadline.
+api_batches = Table(
+    "api_batches", metadata,
+    #: ``batch_`` and 24 hex characters.
+    Column("id", String(40), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("endpoint", String(40), nullable=False),
+    Column("input_file_id", String(40), nullable=False),
+    Column("completion_window", String(16), nullable=False),
+    #: validating | failed | in_progress | cancelling | cancelled | completed
+    Column("status", String(16), nullable=False),
+    Column("metadata", JSONB),
+    #: OpenAI's ``errors.data`` of a batch whose input was refused (lines named).
+    Column("errors", JSONB),
+    Column("total", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("output_file_id", String(40)),
+    Column("error_file_id", String(40)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("in_progress_at", DateTime(timezone=True)),
+    Column("finalizing_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("failed_at", DateTime(timezone=True)),
+    Column("cancelling_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Index("ix_api_batches_key_created", "key_id", "created_at"),
+)
+
+#: A batch's lines: each custom_id, the fleet job that answers it and the request's body.
+api_batch_jobs = Table(
+    "api_batch_jobs", metadata,
+    Column("batch_id", String(40), primary_key=True),
+    #: The line of the input file, from 1.
+    Column("line", Integer, primary_key=True),
+    Column("custom_id", String(512), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("body", JSONB, nullable=False),
+    UniqueConstraint("batch_id", "custom_id", name="uq_api_batch_jobs_custom_id"),
 )

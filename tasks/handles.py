@@ -80,6 +80,11 @@ class BatchHandle:
         self.job_ids = job_ids
         self._hits = hits or {}  # answered by the cache at submit, by position
 
+    @property
+    def answered(self) -> dict[int, CompletionResult]:
+        """The jobs the cache answered at submit (never sent to a worker), by position."""
+        return dict(self._hits)
+
     def get(self, timeout: float | None = 60, *, return_exceptions: bool = False) -> list[Any]:
         """Results in order. The first failed job raises its error, unless
         ``return_exceptions``, which puts each error in its job's place. Each job's

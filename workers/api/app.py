@@ -21,6 +21,7 @@ from tasks.celery_config import celery_settings
 from workers.api.admin_routes import public_router
 from workers.api.admin_routes import router as admin_router
 from workers.api.auth_guard import AuthGuard
+from workers.api.batch_routes import router as batch_router
 from workers.api.dashboard import DashboardHeaders
 from workers.api.dashboard import router as dashboard_router
 from workers.api.errors import install_handlers
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fleet = state
     install_handlers(app)
     app.include_router(openai_router)
+    app.include_router(batch_router)
     app.include_router(admin_router)
     app.include_router(public_router)
     app.include_router(metrics_router)

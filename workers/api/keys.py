@@ -6,7 +6,8 @@ of the whole key is stored (a slow hash buys nothing against 256 random bits), s
 leaked table grants nothing. The key names the agent and user that budgets and the
 ledger see: a caller cannot claim another agent. It may carry limits of its own
 (requests and tokens per minute, jobs in flight: the limit ``key-<key_id>``, enforced by
-admission beside the fleet file's) and the priority of its jobs.
+admission beside the fleet file's), the priority of its jobs, and the deadline of its
+jobs that name none (they may then wait for a provider batch: ``docs/batches.md``).
 
 Making and revoking a key is written to the audit log (``workers.store.audit``) by its
 id, and so is a key first seen expired by a verifier (``key.expire``, once).
@@ -28,7 +29,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
-from schemas import PRIORITIES, LimitConfig, Priority
+from schemas import MAX_DEADLINE_S, PRIORITIES, LimitConfig, Priority
 from schemas.tables import fleet_keys
 from workers.store import audit
 
@@ -47,14 +48,16 @@ LIMIT_MODES: tuple[LimitMode, ...] = get_args(LimitMode)
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
-    """A key's own limits (None: no such limit), what happens over them, and the
-    priority of its jobs. Checked when made: a bad value raises ValueError naming it."""
+    """A key's own limits (None: no such limit), what happens over them, the priority
+    of its jobs and the deadline (seconds) of those that name none. Checked when made: a
+    bad value raises ValueError naming it."""
 
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
     mode: LimitMode = "reject"
     priority: Priority = "normal"
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "concurrency"):
@@ -67,6 +70,10 @@ class KeyLimits:
         if self.priority not in PRIORITIES:
             raise ValueError(f"priority: one of {', '.join(PRIORITIES)} "
                              f"(got {self.priority!r})")
+        if self.deadline is not None and (isinstance(self.deadline, bool)
+                                          or not 0 < self.deadline <= MAX_DEADLINE_S):
+            raise ValueError(f"deadline: seconds in (0, {MAX_DEADLINE_S:.0f}], or none "
+                             f"(got {self.deadline!r})")
 
     @property
     def limited(self) -> bool:
@@ -83,7 +90,8 @@ class KeyLimits:
     @classmethod
     def of_row(cls, row: RowMapping) -> KeyLimits:
         return cls(rpm=row["rpm"], tpm=row["tpm"], concurrency=row["concurrency"],
-                   mode=row["limit_mode"] or "reject", priority=row["priority"] or "normal")
+                   mode=row["limit_mode"] or "reject", priority=row["priority"] or "normal",
+                   deadline=row["deadline_s"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +125,9 @@ def create_key(engine: Engine, agent: str, user: str | None,
                expires_in: dt.timedelta | None = None, limits: KeyLimits | None = None,
                *, actor: str = audit.INTERNAL, address: str | None = None
                ) -> tuple[str, str]:
-    """Store a new key for ``agent`` and ``user``, with ``limits`` of its own and its
-    jobs' priority; (key_id, key). The key is shown once: only its hash is kept. The
-    audit log records ``actor`` making it (its id and settings, never the key)."""
+    """Store a new key for ``agent`` and ``user``, with ``limits`` of its own, its
+    jobs' priority and default deadline; (key_id, key). The key is shown once: only its
+    hash is kept. The audit log records ``actor`` making it (its id and settings, never the key)."""
     limits = limits or KeyLimits()
     key_id = secrets.token_hex(6)
     key = f"lfk_{key_id}_{secrets.token_urlsafe(32)}"
@@ -127,7 +135,8 @@ def create_key(engine: Engine, agent: str, user: str | None,
     values = {"agent": agent, "user_id": user,
               "expires_at": now + expires_in if expires_in else None, "rpm": limits.rpm,
               "tpm": limits.tpm, "concurrency": limits.concurrency,
-              "limit_mode": limits.mode, "priority": limits.priority}
+              "limit_mode": limits.mode, "priority": limits.priority,
+              "deadline_s": limits.deadline}
     with audit.recording(engine, actor, "key.create", key_resource(key_id),
                          address=address) as entry:
         with engine.begin() as connection:
@@ -138,12 +147,12 @@ def create_key(engine: Engine, agent: str, user: str | None,
 
 
 _LISTED = ("key_id", "agent", "user_id", "created_at", "expires_at", "revoked_at", "rpm",
-           "tpm", "concurrency", "limit_mode", "priority")
+           "tpm", "concurrency", "limit_mode", "priority", "deadline_s")
 
 
 def list_keys(engine: Engine) -> list[dict[str, Any]]:
-    """Every key's id, agent, user, dates, limits and priority (never its hash), newest
-    first."""
+    """Every key's id, agent, user, dates, limits, priority and default deadline (never
+    its hash), newest first."""
     columns = [_KEYS.c[n] for n in _LISTED]
     with engine.connect() as connection:
         rows = connection.execute(select(*columns).order_by(_KEYS.c.created_at.desc()))

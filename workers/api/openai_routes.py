@@ -5,10 +5,7 @@ client's async path (``acomplete``; ``JobHandle.wait`` for embeddings)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import struct
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -18,31 +15,29 @@ from schemas import EMBEDDINGS_TIER, PRIORITIES, CompletionResult, EmbeddingResu
 from tasks import JobHandle
 from workers.api import idempotency
 from workers.api.auth_guard import auth_guard, client_address
+from workers.api.deadlines import request_deadline, request_wait
 from workers.api.errors import ApiError, ErrorResponse
 from workers.api.keys import FleetKey
 from workers.api.openai_models import (
-    ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionUsage,
-    EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
-    EmbeddingUsage,
     ModelCard,
     ModelList,
-    ResponseMessage,
 )
+from workers.api.openai_replies import chat_reply, embedding_reply, fleet_headers
 from workers.api.openai_stream import stream_response
 from workers.api.state import ApiState, state_of
 
-__all__ = ["admission_fields", "fleet_key", "resolve_model", "router"]
+__all__ = ["ERROR_RESPONSES", "Caller", "admission_fields", "fleet_key", "job_options",
+           "resolve_model", "router"]
 
 log = logging.getLogger(__name__)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 502, 503, 504)}
-router = APIRouter(prefix="/v1", responses=_ERRORS)
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
 async def fleet_key(request: Request,
@@ -84,19 +79,6 @@ def resolve_model(fleet: FleetConfig, name: str, *, embedding: bool) -> dict[str
                    "invalid_request_error", "model", "model_not_found")
 
 
-def _timeout(value: str | None, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise ApiError(400, "x-llmfleet-timeout: seconds in (0, 3600]",
-                       param="x-llmfleet-timeout")
-    return seconds
-
-
 def admission_fields(caller: FleetKey, priority: str | None) -> dict[str, Any]:
     """What a request's job carries for admission: the key it came through, the key's
     own limit (``key-<id>``) and its priority: the key's, or a lower one that
@@ -117,18 +99,8 @@ def admission_fields(caller: FleetKey, priority: str | None) -> dict[str, Any]:
     return {"key_id": caller.key_id, "priority": chosen, "key_limits": caller.own_limits()}
 
 
-def _fleet_headers(response: Response, result: CompletionResult | EmbeddingResult) -> None:
-    response.headers.update({
-        "x-llmfleet-cost-usd": f"{result.cost_usd:.9f}",
-        "x-llmfleet-cache-hit": "true" if result.cache_hit else "false",
-        "x-llmfleet-model": result.model,
-        "x-llmfleet-tier": result.tier or "",
-        "x-llmfleet-attempts": str(result.attempts),
-        "x-llmfleet-job-id": result.job_id,
-    })
-
-
-def _job_options(body: ChatCompletionRequest) -> dict[str, Any]:
+def job_options(body: ChatCompletionRequest) -> dict[str, Any]:
+    """A chat request's options as its job's fields (``FleetClient.submit``'s keywords)."""
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     options: dict[str, Any] = {
         "max_tokens": body.max_completion_tokens or body.max_tokens, "stop": stop,
@@ -141,8 +113,14 @@ def _job_options(body: ChatCompletionRequest) -> dict[str, Any]:
     return options
 
 
-Timeout = Annotated[str | None, Header(alias="x-llmfleet-timeout",
-                                       description="Seconds to wait for the job (60).")]
+Timeout = Annotated[str | None, Header(
+    alias="x-llmfleet-timeout",
+    description="Seconds to wait for the job (60; with a deadline: up to the deadline, "
+                "at most 3600 unless this asks, up to 86400).")]
+Deadline = Annotated[str | None, Header(
+    alias="x-llmfleet-deadline",
+    description="How long the job can wait (seconds, or 90m, 24h): long enough, it goes "
+                "through a provider's batch API at batch prices (default: the key's).")]
 JobPriority = Annotated[str | None, Header(
     alias="x-llmfleet-priority",
     description="high, normal or low: which of its tier's queues the job waits in "
@@ -156,13 +134,18 @@ RetryCount = Annotated[int | None, Header(alias="x-stainless-retry-count",
                                           include_in_schema=False)]
 
 
+Submit = Callable[[str | None, float | None], Awaitable[JobHandle]]
+
+
 async def _start(state: ApiState, caller: FleetKey, body: Any, seconds: float,
-                 idempotency_key: str | None, retry_count: int | None,
-                 submit: Callable[[str | None, float], Awaitable[JobHandle]]
+                 deadline: float | None, idempotency_key: str | None,
+                 retry_count: int | None, submit: Submit
                  ) -> tuple[JobHandle, idempotency.Attempt]:
     """The request's job: its own, or the one a repeat of it started
-    (``workers.api.idempotency``): a retry attaches, it does not multiply."""
-    lifetime = seconds + state.fleet.job_time_limit_s
+    (``workers.api.idempotency``): a retry attaches, it does not multiply. A job with a
+    deadline has no timeout of its own: its deadline bounds it
+    (``workers.api.deadlines``)."""
+    lifetime = max(seconds, deadline or 0.0) + state.fleet.job_time_limit_s
     attempt = await asyncio.to_thread(idempotency.begin, state.redis, caller.key_id, body,
                                       idempotency_key, retry_count, lifetime)
     if attempt.attached:
@@ -170,8 +153,10 @@ async def _start(state: ApiState, caller: FleetKey, body: Any, seconds: float,
         return JobHandle(state.client, attempt.job_id), attempt
     # A job a repeat may attach to outlives this wait (up to the fleet's time limit), so
     # that the repeat finds it running; any other job is dropped when its caller goes.
-    job_timeout = seconds if attempt.record is None else max(
+    job_timeout: float | None = seconds if attempt.record is None else max(
         seconds, state.fleet.job_time_limit_s)
+    if deadline is not None:
+        job_timeout = None
     try:
         return await submit(attempt.job_id, job_timeout), attempt
     except BaseException:  # nothing was queued: a retry may start the job
@@ -180,10 +165,10 @@ async def _start(state: ApiState, caller: FleetKey, body: Any, seconds: float,
 
 
 async def _run_once(state: ApiState, caller: FleetKey, body: Any, seconds: float,
-                    idempotency_key: str | None, retry_count: int | None,
-                    submit: Callable[[str | None, float], Awaitable[JobHandle]]) -> Any:
+                    deadline: float | None, idempotency_key: str | None,
+                    retry_count: int | None, submit: Submit) -> Any:
     """The result of the request's job (``_start``)."""
-    handle, attempt = await _start(state, caller, body, seconds, idempotency_key,
+    handle, attempt = await _start(state, caller, body, seconds, deadline, idempotency_key,
                                    retry_count, submit)
     result = await handle.wait(seconds)
     if attempt.record is not None and result.cache_hit:
@@ -201,41 +186,35 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
                            idempotency_key: IdempotencyKey = None,
                            retry_count: RetryCount = None,
                            last_event_id: LastEventId = None,
-                           priority: JobPriority = None) -> Any:
+                           priority: JobPriority = None, deadline_header: Deadline = None
+                           ) -> Any:
     """One completion job on the tier or model named by ``model``; with ``stream:
     true``, its answer as server-sent events in OpenAI's chunk format."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=False)
-    seconds = _timeout(timeout, state.default_timeout_s)
+    deadline = request_deadline(caller, deadline_header)
+    seconds = request_wait(timeout, state.default_timeout_s, deadline)
     admission = admission_fields(caller, priority)
     messages = [m.model_dump(mode="json", exclude_none=True) for m in body.messages]
 
-    async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
+    async def submit(job_id: str | None, job_timeout: float | None) -> JobHandle:
         return await state.client.asubmit(
             messages, timeout=job_timeout, agent=caller.agent, user=caller.user,
-            job_id=job_id, stream=bool(body.stream), **route, **_job_options(body),
-            **admission)
+            job_id=job_id, stream=bool(body.stream), deadline=deadline, **route,
+            **job_options(body), **admission)
 
     fingerprint = body.model_dump(mode="json", exclude_none=True)
     if body.stream:
-        handle, attempt = await _start(state, caller, fingerprint, seconds, idempotency_key,
-                                       retry_count, submit)
+        handle, attempt = await _start(state, caller, fingerprint, seconds, deadline,
+                                       idempotency_key, retry_count, submit)
         after = _position(last_event_id) if attempt.attached else -1
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return stream_response(handle, body.model, include_usage, seconds, after)
     result: CompletionResult = await _run_once(state, caller, fingerprint, seconds,
-                                               idempotency_key, retry_count, submit)
-    _fleet_headers(response, result)
-    usage = result.usage
-    message = ResponseMessage(content=None if result.tool_calls and not result.content
-                              else result.content, tool_calls=result.tool_calls)
-    return ChatCompletionResponse(
-        id=f"chatcmpl-{result.job_id}", created=int(time.time()), model=result.model,
-        choices=[ChatChoice(index=0, message=message,
-                            finish_reason=result.finish_reason or "stop")],
-        usage=CompletionUsage(prompt_tokens=usage.prompt_tokens,
-                              completion_tokens=usage.completion_tokens,
-                              total_tokens=usage.total_tokens))
+                                               deadline, idempotency_key, retry_count,
+                                               submit)
+    response.headers.update(fleet_headers(result))
+    return chat_reply(result)
 
 
 def _position(last_event_id: str | None) -> int:
@@ -246,39 +225,31 @@ def _position(last_event_id: str | None) -> int:
         return -1
 
 
-def _encode(vector: list[float], fmt: str | None) -> list[float] | str:
-    if fmt == "base64":
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-    return vector
-
-
 @router.post("/embeddings", response_model=EmbeddingResponse)
 async def embeddings(body: EmbeddingRequest, request: Request, response: Response,
                      caller: Caller, timeout: Timeout = None,
                      idempotency_key: IdempotencyKey = None,
                      retry_count: RetryCount = None,
-                     priority: JobPriority = None) -> EmbeddingResponse:
+                     priority: JobPriority = None,
+                     deadline_header: Deadline = None) -> EmbeddingResponse:
     """One embedding job on ``llm.embeddings``; vectors in the order of ``input``."""
     state = state_of(request)
     route = resolve_model(state.fleet, body.model, embedding=True)
-    seconds = _timeout(timeout, state.default_timeout_s)
+    deadline = request_deadline(caller, deadline_header)
+    seconds = request_wait(timeout, state.default_timeout_s, deadline)
     admission = admission_fields(caller, priority)
 
-    async def submit(job_id: str | None, job_timeout: float) -> JobHandle:
+    async def submit(job_id: str | None, job_timeout: float | None) -> JobHandle:
         return await asyncio.to_thread(
             state.client.embed, body.input, agent=caller.agent, user=caller.user,
-            dimensions=body.dimensions, timeout=job_timeout, job_id=job_id, **route,
-            **admission)
+            dimensions=body.dimensions, timeout=job_timeout, job_id=job_id,
+            deadline=deadline, **route, **admission)
 
     result: EmbeddingResult = await _run_once(
-        state, caller, body.model_dump(mode="json", exclude_none=True), seconds,
+        state, caller, body.model_dump(mode="json", exclude_none=True), seconds, deadline,
         idempotency_key, retry_count, submit)
-    _fleet_headers(response, result)
-    data = [EmbeddingData(index=i, embedding=_encode(v, body.encoding_format))
-            for i, v in enumerate(result.vectors)]
-    tokens = result.usage.prompt_tokens
-    return EmbeddingResponse(data=data, model=result.model,
-                             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+    response.headers.update(fleet_headers(result))
+    return embedding_reply(result, body.encoding_format)
 
 
 def _cards(fleet: FleetConfig) -> list[ModelCard]:

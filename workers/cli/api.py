@@ -88,10 +88,14 @@ _LIMIT = click.IntRange(1, 2**31 - 1)
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal",
               show_default=True, help="Which of its tier's queues the key's jobs wait in; a "
                                       "request may name another (x-llmfleet-priority).")
+@click.option("--deadline", default=None,
+              help="How long the key's jobs that name no deadline can wait (24h, 90m or "
+                   "seconds): long enough, they go through providers' batch APIs at "
+                   "batch prices (default: none).")
 @click.option("--json", "as_json", is_flag=True)
 def create(agent: str, user: str | None, expires: str | None, rpm: int | None,
            tpm: int | None, concurrency: int | None, limit_mode: str | None, priority: str,
-           as_json: bool) -> None:
+           deadline: str | None, as_json: bool) -> None:
     """Make a key. It is printed once: only its hash is stored.
 
     With --rpm, --tpm or --concurrency the key has a limit of its own, `key-<key id>`,
@@ -115,20 +119,49 @@ def create(agent: str, user: str | None, expires: str | None, rpm: int | None,
                                  "--concurrency", param_hint="--limit-mode")
     limits = KeyLimits(rpm=rpm, tpm=tpm, concurrency=concurrency,
                        mode=cast(LimitMode, limit_mode or "reject"),
-                       priority=cast(Priority, priority))
+                       priority=cast(Priority, priority), deadline=_deadline(deadline))
     key_id, key = create_key(database_engine(), agent, user, lifetime, limits,
                              actor=cli_actor())
     if as_json:
         click.echo(json.dumps({"key_id": key_id, "key": key, "agent": agent, "user": user,
                                "rpm": rpm, "tpm": tpm, "concurrency": concurrency,
-                               "limit_mode": limits.mode, "priority": priority}))
+                               "limit_mode": limits.mode, "priority": priority,
+                               "deadline_s": limits.deadline}))
         return
     click.echo(key)
     click.secho(f"key id {key_id} for agent {agent!r}, user {user!r}"
                 f"{f', expires in {expires}' if expires else ''}; limits: "
                 f"{_limits_text(limits.rpm, limits.tpm, limits.concurrency, limits.mode)}; "
-                f"priority {priority}. Keep the key: it is not shown again.", fg="cyan",
+                f"priority {priority}; deadline {_deadline_text(limits.deadline)}. "
+                f"Keep the key: it is not shown again.", fg="cyan",
                 err=True)
+
+
+def _deadline(value: str | None) -> float | None:
+    """--deadline as seconds (a job's own rule: seconds or a duration, within its
+    bounds), else a usage error naming it."""
+    if value is None:
+        return None
+    from pydantic import ValidationError
+
+    from schemas import CompletionJob
+
+    try:
+        job = CompletionJob.model_validate({"messages": [{"role": "user", "content": "x"}],
+                                            "deadline": value})
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise click.BadParameter(message, param_hint="--deadline") from None
+    return job.deadline
+
+
+def _deadline_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
 
 
 def _limits_text(rpm: int | None, tpm: int | None, concurrency: int | None,
@@ -142,7 +175,8 @@ def _limits_text(rpm: int | None, tpm: int | None, concurrency: int | None,
 @keys_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json: bool) -> None:
-    """Every key's id, agent, user, dates, state, limits and priority (never the key)."""
+    """Every key's id, agent, user, dates, state, limits, priority and default deadline
+    (never the key)."""
     from workers.api.keys import list_keys
 
     rows = list_keys(database_engine())
@@ -156,7 +190,8 @@ def list_command(as_json: bool) -> None:
         click.echo(f"{row['key_id']}  {state:8} agent={row['agent']} "
                    f"user={row['user_id'] or '-'} created={row['created_at']:%Y-%m-%d} "
                    f"expires={expires} limits={limits} "
-                   f"priority={row['priority'] or 'normal'}")
+                   f"priority={row['priority'] or 'normal'} "
+                   f"deadline={_deadline_text(row['deadline_s'])}")
 
 
 @keys_group.command("revoke")

@@ -51,6 +51,14 @@ limit_usd = 0.0005
 period = "daily"
 scope = "agent:dash-coder"
 alert_threshold = 0.1
+
+# Jobs that can wait (test_openai_batches.py): batched when their deadline is 10 s away,
+# the batcher gathering for 0.5 s, going round every second. No other job names one.
+[batch]
+min_deadline_s = 10
+margin_s = 6
+gather_s = 0.5
+poll_s = 1
 """)
     return {**fleet_env, "LLMFLEET_CONFIG": str(path), "LLMFLEET_ADMIN_KEY": ADMIN_KEY}
 

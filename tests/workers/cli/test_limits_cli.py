@@ -144,3 +144,19 @@ def test_limits_says_so_when_redis_is_away(tmp_path: Path,
     done = invoke(["limits"], {**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert done.exit_code != 0
     assert "Redis does not answer" in done.output
+
+
+def test_a_keys_default_deadline_is_kept_and_listed(
+        limited_env: tuple[dict[str, str], str]) -> None:
+    env, _ = limited_env
+    assert invoke(["keys", "create", "--agent", "cli-deadline", "--deadline", "soon"],
+                  env).exit_code == 2
+    made = invoke(["keys", "create", "--agent", "cli-deadline", "--deadline", "2h", "--json"],
+                  env)
+    assert made.exit_code == 0, made.output
+    key_id = json.loads(made.stdout)["key_id"]
+    listed = {r["key_id"]: r for r in json.loads(invoke(["keys", "list", "--json"], env).stdout)}
+    assert listed[key_id]["deadline_s"] == 7200
+    line = next(x for x in invoke(["keys", "list"], env).stdout.splitlines()
+                if x.startswith(key_id))
+    assert "deadline=" in line
