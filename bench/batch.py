@@ -145,9 +145,13 @@ def _ledger(made: Rig, label: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--stalled", type=int, default=200)
-    parser.add_argument("--completion-s", type=float, default=8.0)
+    parser.add_argument("--jobs", type=int, default=10_000,
+                        help="deferrable jobs sent through provider batches (default 10,000)")
+    parser.add_argument("--stalled", type=int, default=200,
+                        help="jobs whose batch never ends: they must be answered live "
+                        "before their deadline (default 200)")
+    parser.add_argument("--completion-s", type=float, default=8.0,
+                        help="how long the simulator takes to end a batch, s (default 8)")
     opts = parser.parse_args()
     sim = {"batch_completion_s": opts.completion_s, "batch_item_error_rate": 0.0}
     with rig(agent=AGENT, tier="simple", concurrency=32, sim_config=sim, latency_ms=50,

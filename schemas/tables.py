@@ -59,7 +59,7 @@ job_ledger = Table(
     #: A streamed job's time to its first chunk; NULL for the others.
     Column("ttft_ms", Float),
     #: Answered through a provider's batch API (its cost_saved_usd: live less batch).
-    Column("batch", Boolean, nullable=False, default=False, server_default="false"),
+    Column("batch", Boolean, nullable=False, server_default="false"),
     Column("error", String(100)),
     Column("error_message", Text),
     Column("metadata", JSONB, nullable=False, default=dict),

@@ -32,14 +32,28 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+#: Every session of ours asks Postgres to end it when its client goes quiet: a worker
+#: whose host is cut off mid-transaction (its ledger flush) would otherwise hold its row
+#: locks until the kernel's keepalive notices, two hours by default, and every other
+#: worker's flush of the same rows would wait on them (infra/drills/multihost.py saw the
+#: fleet's ledger stop). Our transactions are short: 20 s idle in one is a dead client.
+SESSION_OPTIONS = ("-c idle_in_transaction_session_timeout=20000 -c tcp_keepalives_idle=10 "
+                   "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3")
+#: And the client side: a server gone silent is found in about 25 s.
+_CONNECT_ARGS = {"options": SESSION_OPTIONS, "keepalives": 1, "keepalives_idle": 10,
+                 "keepalives_interval": 5, "keepalives_count": 3}
+
+
 @lru_cache(maxsize=8)
 def sync_engine(database_url: str) -> Engine:
-    return create_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=5)
+    return create_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=5,
+                         connect_args=_CONNECT_ARGS)
 
 
 def async_engine(database_url: str) -> AsyncEngine:
     """A new async engine: bound to the event loop that first uses it."""
-    return create_async_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=5)
+    return create_async_engine(sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=5,
+                               connect_args=_CONNECT_ARGS)
 
 
 def alembic_config(database_url: str) -> Config:
