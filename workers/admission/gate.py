@@ -4,7 +4,8 @@ answer it, in one Redis script; after it, what it reserved is settled.
 A job that fits runs now. One whose turn is near enough (``[admission] reserve_ahead_s``;
 any distance for a high-priority job) reserves that turn and waits parked in Redis until
 it comes, holding no worker thread; one further off waits parked unreserved and asks
-again, so that jobs arriving later at a higher priority are not queued behind it. A job
+again at its place in the rate's waiting line (``RateLimiter.line_up``), so that jobs
+arriving later at a higher priority are not queued behind it. A job
 whose turn would come after its deadline, or that a ``reject`` limit refuses, fails with
 RateLimitedError naming the limit. After the job, tokens reserved at their worst case are
 given back down to what it used, its places among jobs in flight are left, and a quota
@@ -95,7 +96,12 @@ class Admission:
             if decision.wait_s >= left:
                 raise _refusal(decision, job_tokens(ctx), waited=True)
             # Spread the returns: many jobs told the same wait should not all come back
-            # at once to ask again.
+            # at once to ask again. Behind a rate, each takes its place in the rate's
+            # line (one job's worth of the rate apart); it asks again no later than its
+            # deadline allows, and is refused then if it still cannot run in time.
+            if isinstance(decision.deciding, Rate):
+                park = await self.limiter.line_up(decision.deciding, decision.wait_s)
+                return Parked(min(park, max(decision.wait_s, left * 0.9)), None)
             return Parked(decision.wait_s * self._rng.uniform(1.0, 1.25), None)
         ticket = Ticket(
             admitted=True,

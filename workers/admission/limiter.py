@@ -138,6 +138,22 @@ redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.ceil(wait)))
 return 1
 """
 
+#: The waiting line of a rate: a job told "not yet" takes the next return time, one
+#: job's worth of the rate after the last one handed out (and no sooner than the rate
+#: could take it), so waiting jobs come back spread at the rate they can be admitted
+#: instead of all at once (each ask costs a worker a Redis script). KEYS: the line.
+#: ARGV: the wait the limiter gave (ms), the job's share of the rate (ms). Returns the
+#: job's park time (ms).
+_LINE_UP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait, step = tonumber(ARGV[1]), tonumber(ARGV[2])
+local line = tonumber(redis.call('GET', KEYS[1])) or 0
+local at = math.max(line, now + wait) + step
+redis.call('SET', KEYS[1], string.format('%.3f', at), 'PX', math.ceil(at - now) + 60000)
+return math.ceil(at - now)
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Rate:
@@ -191,6 +207,7 @@ class RateLimiter:
         self._admit = redis.register_script(_ADMIT)
         self._settle = redis.register_script(_SETTLE)
         self._hold_off = redis.register_script(_HOLD_OFF)
+        self._line_up = redis.register_script(_LINE_UP)
 
     async def admit(self, rates: Sequence[Rate], places: Sequence[Place], member: str, *,
                     horizon_s: float, lease_s: float, poll_s: float = 0.5) -> Decision:
@@ -216,6 +233,13 @@ class RateLimiter:
         for _key, per_ms, amount in given_back:
             args += [repr(per_ms), amount]
         await self._settle(keys=[k for k, _, _ in given_back] + list(places), args=args)
+
+    async def line_up(self, rate: Rate, wait_s: float) -> float:
+        """When a job told "not yet" by ``rate`` (after ``wait_s``) should ask again: its
+        place in the rate's waiting line, in seconds from now."""
+        ms = await self._line_up(keys=[rate.key + ":line"],
+                                 args=[math.ceil(wait_s * 1000), repr(rate.per_ms * rate.amount)])
+        return int(ms) / 1000
 
     async def hold_off(self, rate: Rate, wait_s: float) -> None:
         """Nothing more on ``rate`` for ``wait_s`` (a provider's Retry-After)."""

@@ -147,3 +147,21 @@ def test_a_429_holds_a_quota_off_for_its_retry_after(redis_url: str) -> None:
 
     held = scenario(redis_url, body)
     assert held.status == "later" and 1.9 < held.wait_s <= 2.0
+
+
+def test_jobs_told_not_yet_come_back_one_rate_step_apart(redis_url: str) -> None:
+    # 60 per minute (one a second), the horizon full: each job told "not yet" takes the
+    # next place in the rate's line, a second after the one before, instead of all of
+    # them asking again together
+    limit = rate(60, mode="queue", tau_ms=1000)
+
+    async def body(limiter: RateLimiter) -> list[float]:
+        for _ in range(3):
+            await admit(limiter, [limit], horizon_s=1.0)
+        waiting = [await admit(limiter, [limit], horizon_s=1.0) for _ in range(4)]
+        assert {d.status for d in waiting} == {"not_yet"}
+        return [await limiter.line_up(limit, d.wait_s) for d in waiting]
+
+    parks = scenario(redis_url, body)
+    steps = [b - a for a, b in itertools.pairwise(parks)]
+    assert parks[0] >= 1.0 and all(0.95 <= step <= 1.05 for step in steps), parks
