@@ -39,6 +39,7 @@ __all__ = [
     "QUOTA_RATE",
     "REPLY",
     "REQUEST_ATTEMPT",
+    "RUN_LEASE",
     "STREAM",
     "SWEEP_LOCK",
     "WORKERS",
@@ -78,6 +79,8 @@ LEDGER_DEAD_LETTERS = PREFIX + "ledger:dead-letters"
 JOB_STATE = PREFIX + "job:{job_id}"
 #: The value of a job's JOB_STATE while it waits for a provider batch.
 BATCH_WAITING = "batch:waiting"
+#: How a job's JOB_STATE begins while a delivery holds its lease (``run:<token>``).
+RUN_LEASE = "run:"
 #: Held by the one batcher at work fleet-wide (``workers.batching``), renewed while it
 #: works; expires a few seconds after its holder died.
 BATCH_LOCK = PREFIX + "batch:lock"

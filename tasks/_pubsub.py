@@ -21,6 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tasks._redis import as_text
+
 __all__ = ["Channels", "Watch"]
 
 
@@ -90,7 +92,7 @@ class Channels:
             if message is None or message.get("type") != "message":
                 continue
             channel = message["channel"]
-            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            name = as_text(channel)
             handler = self._handlers.get(name)
             if handler is not None:
                 handler(message.get("data"))

@@ -31,8 +31,8 @@ import redis.sentinel
 from schemas.errors import ConfigError
 from schemas.settings import masked_url, sentinel_master
 
-__all__ = ["SentinelTarget", "async_pool", "celery_broker", "is_sentinel", "redbeat_settings",
-           "sentinel_target", "sync_client"]
+__all__ = ["SentinelTarget", "as_text", "async_pool", "celery_broker", "is_sentinel",
+           "redbeat_settings", "sentinel_target", "sync_client"]
 
 #: The schemes of plain URLs, which go to redis-py's ``from_url`` as they are.
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
@@ -43,6 +43,10 @@ SENTINEL_PORT = 26379
 #: the next rather than waited on (the master's connections keep the caller's options).
 SENTINEL_KWARGS: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 
+
+def as_text(value: bytes | str | int | float) -> str:
+    """A value read from Redis as text: our clients return bytes (no decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 @dataclass(frozen=True, slots=True)
 class SentinelTarget:

@@ -44,10 +44,10 @@ from schemas import (
 )
 from schemas.keys import JOB_STATE, JOB_WAKE, PARKED, REPLY
 from tasks._pubsub import Channels, Watch
-from tasks._redis import async_pool
+from tasks._redis import as_text, async_pool
 from tasks._streams import read_chunks, stream_pool
 
-__all__ = ["REPLY_CHANNEL", "ResultWaiter", "reply_message"]
+__all__ = ["REPLY_CHANNEL", "ResultWaiter", "reply_message", "state_envelope"]
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,13 @@ def _split_reply(data: bytes) -> tuple[str, bytes] | None:
     return rest[:size].decode("utf-8", "replace"), rest[size:]
 
 
-def _envelope(raw: bytes | str | None) -> dict[str, Any] | None:
-    """The outcome envelope a state key holds; None while the job runs or waits."""
+def state_envelope(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The outcome envelope a job's state key (``JOB_STATE``) holds; None while the job
+    runs or waits (``run:<token>``, ``batch:waiting``), was cancelled before a start, or
+    has no state."""
     if raw is None:
         return None
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    text = as_text(raw)
     if not text.startswith("{"):
         return None  # run:<token>, cancelled
     try:
@@ -281,7 +283,7 @@ class ResultWaiter:
                 with contextlib.suppress(RedisError, OSError):
                     redis, _ = self._connect()
                     state = await redis.get(JOB_STATE.format(job_id=job_id))
-                    envelope = _envelope(state)
+                    envelope = state_envelope(state)
                     if envelope is not None:
                         return envelope
                     if state is None:
@@ -323,7 +325,7 @@ class ResultWaiter:
 
     @staticmethod
     def _decode(outcome: bytes, job_id: str) -> dict[str, Any]:
-        envelope = _envelope(outcome)
+        envelope = state_envelope(outcome)
         if envelope is None:
             raise WorkerError(f"malformed outcome of job {job_id}")
         return envelope
@@ -332,7 +334,7 @@ class ResultWaiter:
         """A job by its state key, woken on its wake channel; retried while Redis does
         not answer, until the wait's own timeout."""
         key, channel = JOB_STATE.format(job_id=job_id), JOB_WAKE.format(job_id=job_id)
-        return await self._retrying(job_id, timeout, key, channel, _envelope)
+        return await self._retrying(job_id, timeout, key, channel, state_envelope)
 
     # -- the fleet's own tasks (Celery results) -------------------------------------------
 

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from schemas import BudgetConfig, FleetConfig
 from schemas.keys import BUDGET, BUDGET_SETTLED
+from tasks._redis import as_text
 
 __all__ = ["NANO", "BudgetLedger", "BudgetState", "Period", "Refusal", "budget_key",
            "budget_state", "counter_figures", "covers", "period_of", "to_nano"]
@@ -88,12 +89,11 @@ def counter_figures(values: Mapping[Any, Any], now: float) -> tuple[int, int]:
     at ``now`` (an expired one belonged to a killed worker and stops counting)."""
     spent = held = 0
     for field, value in values.items():
-        name = field.decode() if isinstance(field, bytes) else str(field)
-        text = value.decode() if isinstance(value, bytes) else str(value)
+        name, figure = as_text(field), as_text(value)
         if name == "spent":
-            spent = int(text) if text.lstrip("-").isdigit() else 0
+            spent = int(figure) if figure.lstrip("-").isdigit() else 0
         elif name.startswith("r:"):
-            amount, _, expiry = text.partition(":")
+            amount, _, expiry = figure.partition(":")
             if amount.isdigit() and expiry.isdigit() and int(expiry) >= now:
                 held += int(amount)
     return spent, held

@@ -28,8 +28,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import decode_outcome
-from schemas.keys import BATCH_WAITING, JOB_STATE, JOB_WAKE
+from schemas.keys import BATCH_WAITING, JOB_STATE, JOB_WAKE, RUN_LEASE
 from tasks._pubsub import Channels
+from tasks._redis import as_text
 from tasks._results import REPLY_CHANNEL, reply_message
 from workers.pipeline.outbox import Outbox, Write
 from workers.pipeline.steps import Handler, JobContext, Result, Step
@@ -100,10 +101,10 @@ class OnceStep(Step):
     async def __call__(self, ctx: JobContext, call_next: Handler) -> Result:
         job_id = ctx.job.job_id
         key = JOB_STATE.format(job_id=job_id)
-        lease = f"run:{uuid.uuid4().hex}"
+        lease = f"{RUN_LEASE}{uuid.uuid4().hex}"
         try:
             found = await self._claim(key, lease)
-            if found is not None and found.startswith("run:"):
+            if found is not None and found.startswith(RUN_LEASE):
                 log.warning("job %s is running elsewhere: waiting for its outcome", job_id)
                 found = await self._follow(job_id, key, lease)
         except RedisError as exc:
@@ -129,7 +130,7 @@ class OnceStep(Step):
                 return None
             raw = await self._redis.get(key)
             if raw is not None:
-                found: str = raw.decode() if isinstance(raw, bytes) else str(raw)
+                found = as_text(raw)
                 if found == BATCH_WAITING:
                     if await self._take_waiting(keys=[key],
                                                 args=[BATCH_WAITING, lease, self._lease_ms]):
@@ -147,7 +148,7 @@ class OnceStep(Step):
                     await asyncio.wait_for(woken.wait(), self._poll_s)
                 woken.clear()
                 found = await self._claim(key, lease)
-                if found is None or not found.startswith("run:"):
+                if found is None or not found.startswith(RUN_LEASE):
                     return found
 
     async def renew(self, key: str, lease: str) -> None:

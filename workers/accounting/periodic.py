@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import Insert, insert
 from schemas import BudgetConfig, FleetConfig, LedgerRow
 from schemas.keys import LEDGER_SPOOL
 from schemas.tables import budget_alerts, job_ledger, metrics_rollup, rollup_watermark
+from tasks._redis import as_text
 from workers.accounting.alerts import Alert, Alerter
 from workers.accounting.budgets import (
     NANO,
@@ -63,9 +64,6 @@ Level = Literal["threshold", "exceeded"]
 _LEVELS: dict[BudgetState, Level] = {"alert": "threshold", "exceeded": "exceeded"}
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _pending(raws: list[Any]) -> list[dict[str, Any]]:
     """The spooled rows' budget columns (malformed rows skipped, as the flusher does)."""
@@ -88,7 +86,7 @@ def _snapshot(client: Redis, keys: list[str]) -> tuple[list[str], list[Any], boo
     pipe.lrange(LEDGER_SPOOL, 0, SPOOL_SCAN - 1)
     pipe.llen(LEDGER_SPOOL)
     *counters, raws, backlog = pipe.execute()
-    return ["0" if c is None else _text(c) for c in counters], raws, backlog > SPOOL_SCAN
+    return ["0" if c is None else as_text(c) for c in counters], raws, backlog > SPOOL_SCAN
 
 
 def _nano(counter: str) -> int | None:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.keys import PARKED, PARKED_JOBS
+from tasks._redis import as_text
 
 __all__ = ["Mover", "Parking", "Send"]
 
@@ -87,7 +88,7 @@ class Parking:
 
     async def take(self, most: int, lease_s: float) -> list[tuple[str, str]]:
         raw = await self._take(keys=[PARKED, PARKED_JOBS], args=[most, round(lease_s * 1000)])
-        items = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        items = [as_text(v) for v in raw]
         return list(zip(items[0::2], items[1::2], strict=True))
 
     async def sent(self, job_id: str, message: str) -> None:

@@ -21,6 +21,7 @@ import redis
 
 from schemas import FleetConfig, LimitConfig
 from schemas.keys import LIMIT_INFLIGHT, LIMIT_RATE, LIMIT_STATS, PARKED, QUOTA_RATE
+from tasks._redis import as_text
 
 __all__ = ["limits_snapshot", "parked_jobs"]
 
@@ -84,14 +85,11 @@ def _now_ms(client: redis.Redis) -> float:
 def _number(raw: Any) -> float | None:
     if raw is None:
         return None
-    return float(raw.decode() if isinstance(raw, bytes) else raw)
+    return float(as_text(raw))
 
 
 def _stats(raw: dict[Any, Any]) -> dict[str, int]:
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    return {text(k): int(v) for k, v in raw.items()}
+    return {as_text(k): int(v) for k, v in raw.items()}
 
 
 def limits_snapshot(client: redis.Redis, fleet: FleetConfig,

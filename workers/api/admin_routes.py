@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from schemas import parse_since
 from schemas.keys import BEAT_LAST_RUN, BREAKER_OPEN, DASHBOARD_LOGGED_OUT
+from tasks._redis import as_text
 from workers.accounting import reports
 from workers.accounting.dead_letters import dead_letter_count
 from workers.accounting.spool import spool_length
@@ -309,7 +310,7 @@ def _breakers(state: ApiState) -> list[dict[str, Any]]:
     prefix = BREAKER_OPEN.format(route="")
     out = []
     for raw in state.redis.scan_iter(match=pattern, count=500):
-        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        key = as_text(raw)
         ttl = state.redis.pttl(key)
         out.append({"route": key.removeprefix(prefix),
                     "cooldown_left_s": round(ttl / 1000, 1) if ttl > 0 else None})

@@ -16,6 +16,7 @@ from sqlalchemy.engine import RowMapping
 
 from schemas import CompletionResult, FleetError, JobCancelledError, decode_outcome
 from schemas.keys import JOB_STATE
+from tasks._results import state_envelope
 from workers.api.errors import fleet_error
 from workers.api.openai_replies import chat_reply, embedding_reply
 
@@ -26,14 +27,9 @@ _CHUNK = 500
 
 
 def _envelope(raw: Any, meta: bool) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    if not text.startswith("{"):
-        return None  # running, waiting for a provider batch, or cancelled before a start
-    try:
-        value = json.loads(text)
-    except ValueError:
+    """A job's outcome from its state key, or (``meta``) from Celery's result key."""
+    value: Any = state_envelope(raw)
+    if value is None:
         return None
     if meta:
         value = value.get("result") if value.get("status") == "SUCCESS" else None

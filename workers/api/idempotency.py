@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from schemas import CompletionResult, EmbeddingResult, encode_result, new_job_id
 from schemas.keys import IDEMPOTENCY, REQUEST_ATTEMPT
+from tasks._redis import as_text
 from workers.api.errors import ApiError
 
 __all__ = ["IDEMPOTENCY_TTL_S", "Attempt", "begin", "forget", "publish_answer"]
@@ -69,7 +70,7 @@ def begin(redis: Redis, key_id: str, body: Any, idempotency_key: str | None,
         if retry_count > 0:
             earlier = redis.get(record)
             if earlier is not None:
-                return Attempt(_text(earlier), attached=True)
+                return Attempt(as_text(earlier), attached=True)
         job_id = new_job_id()  # two identical first attempts are two requests
         redis.set(record, job_id, ex=max(1, int(lifetime_s)))
         return Attempt(job_id, attached=False, record=record)
@@ -87,15 +88,12 @@ def _by_key(redis: Redis, key_id: str, key: str, fingerprint: str) -> Attempt:
     if redis.set(record, fingerprint, nx=True, ex=IDEMPOTENCY_TTL_S):
         return Attempt(job_id, attached=False, record=record)
     first = redis.get(record)
-    if first is not None and _text(first) != fingerprint:
+    if first is not None and as_text(first) != fingerprint:
         raise ApiError(400, "this Idempotency-Key was used with another request body: a key "
                        "stands for one request", param="Idempotency-Key",
                        code="idempotency_key_reused", headers={"x-should-retry": "false"})
     return Attempt(job_id, attached=True)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def forget(redis: Redis, attempt: Attempt) -> None:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from schemas import CompletionJob, FleetConfig
 from schemas.keys import BATCH_WAITING, JOB_STATE
+from tasks._redis import as_text
 from workers.batching.store import BatchStore, WaitingJob
 from workers.pipeline.steps import JobContext
 from workers.providers import BatchAPI
@@ -52,7 +53,7 @@ class Deferral:
         key = JOB_STATE.format(job_id=ctx.job.job_id)
         found = await self._redis.get(key)
         if found is not None:
-            return _text(found) == BATCH_WAITING  # a second delivery of a waiting job
+            return as_text(found) == BATCH_WAITING  # a second delivery of a waiting job
         model = ctx.chain[0]
         job = WaitingJob(ctx.job.job_id, ctx.job.model_dump(mode="json"), ctx.tier, model)
         await self._store.add_waiting(job, self._fleet.models[model].provider,
@@ -61,8 +62,4 @@ class Deferral:
         if await self._redis.set(key, BATCH_WAITING, nx=True, ex=ttl):
             log.info("job %s waits for a %s batch until %.0f", job.job_id, model, deadline)
             return True
-        return _text(await self._redis.get(key) or b"") == BATCH_WAITING
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+        return as_text(await self._redis.get(key) or b"") == BATCH_WAITING

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -33,6 +32,8 @@ from schemas import CompletionResult
 from schemas.cache_key import CachedAnswer
 from schemas.keys import CACHE_ENTRY, CACHE_LOCK, CACHE_LRU, JOB_STATE, JOB_WAKE
 from tasks._pubsub import Channels
+from tasks._redis import as_text
+from tasks._results import state_envelope
 from workers.pipeline.outbox import Write
 
 __all__ = ["Coalescer"]
@@ -133,7 +134,7 @@ class Coalescer:
         holder = await self._redis.get(lock)
         if holder is None:  # lapsed between the two: look again
             return await self._first_look(key, token)
-        return _Look(holder=_text(holder))
+        return _Look(holder=as_text(holder))
 
     async def _follow(self, key: str, holder: str, token: str, timeout: float,
                       watch: Watch | None) -> _Look:
@@ -167,12 +168,12 @@ class Coalescer:
             pipe.get(JOB_STATE.format(job_id=holder))
             pipe.get(CACHE_LOCK.format(key=key))
             state, lock = await pipe.execute()
-        envelope = _envelope(state)
+        envelope = state_envelope(state)
         if envelope is not None and envelope.get("ok"):
             result = CompletionResult.model_validate(envelope["result"])
             return _Look(answer=CachedAnswer.of(result))
         if envelope is not None:  # it failed: one follower takes over, after its backoff
-            now = _text(await self._take_over(keys=[CACHE_LOCK.format(key=key)],
+            now = as_text(await self._take_over(keys=[CACHE_LOCK.format(key=key)],
                                               args=[holder, token, self._lock_ms]))
             fields = (envelope.get("error") or {}).get("fields") or {}
             return _Look(holder=now, failed=now == token, retry_after=fields.get("retry_after"))
@@ -181,8 +182,8 @@ class Coalescer:
                                      px=self._lock_ms):
                 return _Look(holder=token)
             return None
-        if _text(lock) != holder:
-            return _Look(holder=_text(lock))
+        if as_text(lock) != holder:
+            return _Look(holder=as_text(lock))
         return None
 
     async def _lead(self, key: str, token: str, produce: Produce
@@ -229,20 +230,6 @@ class _Keeping:
     def stop(self) -> None:
         self._timer.cancel()
 
-
-def _envelope(raw: bytes | str | None) -> dict[str, Any] | None:
-    text = _text(raw) if raw is not None else ""
-    if not text.startswith("{"):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _now_ms() -> float:

@@ -45,6 +45,7 @@ from schemas import (
 )
 from schemas.cache_key import KEY_VERSION, CachedAnswer, canonical_hash
 from schemas.keys import CACHE_SEMANTIC
+from tasks._redis import as_text
 from workers.caching.float32 import from_float32, to_float32
 from workers.caching.response import ResponseCache
 from workers.pipeline.steps import JobContext
@@ -197,7 +198,7 @@ class SemanticCache:
         best_key = closest(query, guard, stored, self._threshold)
         if best_key is None:
             return None
-        key_text = best_key.decode() if isinstance(best_key, bytes) else str(best_key)
+        key_text = as_text(best_key)
         answer = await self._cache.get(key_text)
         if answer is None:  # its entry expired or was evicted: forget the vector too
             await self._forget(scope, key_text)

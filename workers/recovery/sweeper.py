@@ -36,7 +36,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas.keys import JOB_STATE, SWEEP_LOCK, WORKERS
+from schemas.keys import JOB_STATE, RUN_LEASE, SWEEP_LOCK, WORKERS
+from tasks._redis import as_text
 from tasks.names import COMPLETE, COMPLETE_BATCH, EMBED
 
 __all__ = ["Sweeper"]
@@ -130,7 +131,7 @@ class Sweeper:
         if not tags:
             return 0
         held = await self._held_by_live_workers()
-        tags = [tag for tag in tags if _text(tag) not in held]
+        tags = [tag for tag in tags if as_text(tag) not in held]
         if not tags:
             return 0
         raws = await self._redis.hmget(UNACKED, tags)
@@ -164,15 +165,9 @@ class Sweeper:
             await self._redis.hdel(WORKERS, self.name)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def _running(state: bytes | str | None) -> bool:
-    if state is None:
-        return False
-    text = state.decode() if isinstance(state, bytes) else state
-    return text.startswith("run:")
+    return state is not None and as_text(state).startswith(RUN_LEASE)
 
 
 def _parse(raw: bytes | str | None) -> tuple[dict[str, Any], str, list[str]] | None:
