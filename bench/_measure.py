@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import resource
+import signal
 import statistics
 import sys
 import threading
@@ -15,17 +16,33 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 import redis
 
 CPU_GROUPS = ("client", "workers", "simulator", "redis", "postgres", "other")
 _LOG_LINE = re.compile(r" (WARNING|ERROR|CRITICAL) (.*)$")
 _IDS = re.compile(r"[0-9a-f]{16,}")
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def interruptible(body: Callable[[], T]) -> T | None:
+    """``body()``, stopped by Ctrl-C or SIGTERM alike: None then (each benchmark's own
+    clean-up has stopped what it started by the time this returns)."""
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        log("interrupted; everything started was stopped")
+        return None
 
 
 @dataclass

@@ -56,7 +56,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -66,7 +65,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +76,7 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 
-from bench._measure import Phase, closed_loop, log  # noqa: E402
+from bench._measure import Phase, closed_loop, interruptible, log  # noqa: E402
 from bench._rig import GROUPS, Rig, ledger_rows, percentile, rig  # noqa: E402
 from schemas import FleetError  # noqa: E402
 from schemas.keys import LIMIT_STATS, PARKED  # noqa: E402
@@ -790,16 +788,9 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     opts = parse(argv)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
+    code = interruptible(lambda: run(opts))
+    return 130 if code is None else code
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ import itertools
 import json
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -55,7 +54,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +63,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project and bench imp
 import psutil  # noqa: E402
 from celery import Celery  # noqa: E402
 
-from bench._measure import Phase, log  # noqa: E402
+from bench._measure import Phase, interruptible, log  # noqa: E402
 from bench._rig import Rig, ledger_rows, rig  # noqa: E402
 from schemas import CompletionResult  # noqa: E402
 from tasks import FleetClient  # noqa: E402
@@ -439,16 +437,11 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     opts = parse(argv)
-    try:
-        sizes, ledger = run_sizes(opts)
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
+    done = interruptible(lambda: run_sizes(opts))
+    if done is None:
         return 130
+    sizes, ledger = done
     table = render(opts, sizes, ledger)
     if not opts.as_json:
         print(table)

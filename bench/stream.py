@@ -46,14 +46,12 @@ import itertools
 import json
 import os
 import secrets
-import signal
 import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +62,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 import redis  # noqa: E402
 
-from bench._measure import Phase, log  # noqa: E402
+from bench._measure import Phase, interruptible, log  # noqa: E402
 from bench._rig import GROUPS, LedgerRows, Rig, ledger_rows, percentile, rig  # noqa: E402
 from tasks import FleetClient  # noqa: E402
 from workers.pipeline.cancel import POLL_S as CANCEL_POLL  # noqa: E402
@@ -663,16 +661,9 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     opts = parse(argv)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
+    code = interruptible(lambda: run(opts))
+    return 130 if code is None else code
 
 
 if __name__ == "__main__":

@@ -34,14 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project and bench imp
 
 from jsonschema import Draft202012Validator  # noqa: E402
 
-from bench._measure import Phase, closed_loop, log  # noqa: E402
+from bench._measure import Phase, closed_loop, interruptible, log  # noqa: E402
 from bench._rig import GROUPS, LedgerRows, Rig, ledger_rows, rig  # noqa: E402
 from schemas import CompletionResult, FleetError  # noqa: E402
 from tasks import FleetClient  # noqa: E402
@@ -365,16 +363,9 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     opts = parse(argv)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
+    code = interruptible(lambda: run(opts))
+    return 130 if code is None else code
 
 
 if __name__ == "__main__":

@@ -41,13 +41,11 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +59,7 @@ from bench._measure import (  # noqa: E402
     Observer,
     Phase,
     closed_loop,
+    interruptible,
     log,
     round_trips,
 )
@@ -252,16 +251,9 @@ def parse(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     opts = parse(argv)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        log("interrupted; everything started was stopped")
-        return 130
+    code = interruptible(lambda: run(opts))
+    return 130 if code is None else code
 
 
 if __name__ == "__main__":

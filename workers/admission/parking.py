@@ -10,7 +10,6 @@ their lease ends. A job sent twice runs once (``OnceStep``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 
 from schemas.keys import PARKED, PARKED_JOBS
 from tasks._redis import as_text
+from workers.pipeline.background import Background
 
 __all__ = ["Mover", "Parking", "Send"]
 
@@ -105,11 +105,10 @@ class Mover:
                  batch: int = 200, lease_s: float = 30.0) -> None:
         self._parking, self._send = parking, send
         self._interval_s, self._batch, self._lease_s = interval_s, batch, lease_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(self._run)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def _run(self) -> None:
         while True:
@@ -147,9 +146,4 @@ class Mover:
         return sum(results)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            # (a send in its thread may outlast the cancel: not waited for long)
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, 2)
-            self._task = None
+        await self._loop.stop()

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from schemas.keys import JOB_STATE, RUN_LEASE, SWEEP_LOCK, WORKERS
 from tasks._redis import as_text
 from tasks.names import COMPLETE, COMPLETE_BATCH, EMBED
+from workers.pipeline.background import Background
 
 __all__ = ["Sweeper"]
 
@@ -76,13 +77,12 @@ class Sweeper:
         self._every_s, self._min_age_s, self._most = every_s, min_age_s, most
         self._held: Held = held or (lambda: ())
         self._restore = redis.register_script(_RESTORE)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(self._run)
         #: This process in the heartbeats: host, pid and a token (pids are reused).
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def _run(self) -> None:
         while True:
@@ -155,11 +155,7 @@ class Sweeper:
         return restored
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, 2)
-            self._task = None
+        await self._loop.stop()
         # Gone on purpose: its messages are acknowledged or back (warm shutdown).
         with contextlib.suppress(RedisError, OSError):
             await self._redis.hdel(WORKERS, self.name)
