@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import LockError
 
 from schemas import CompletionJob, FleetConfig, ProviderError
 from schemas.keys import BATCH_LOCK
@@ -41,15 +41,6 @@ Send = Callable[[str, list[Any], str, str], None]
 #: Jobs finished at once from one ended batch.
 FINISH_CONCURRENCY = 64
 
-#: Release the lock if it is still ours. KEYS: lock. ARGV: token.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def chat_request(fleet: FleetConfig, job: CompletionJob, model: str) -> ChatRequest:
@@ -69,16 +60,16 @@ class Batcher:
                  apis: dict[str, BatchAPI], send: Send) -> None:
         self._redis, self._store, self._fleet, self._apis = redis, store, fleet, apis
         self._send = send
-        self._release = redis.register_script(_RELEASE)
-        self._renew = redis.register_script(_RENEW)
-        self._lock_ms = int(max(10.0, 3 * fleet.batch.poll_s) * 1000)
+        # One batcher at a time, as one flusher: redis-py's lock, renewed while it works.
+        self._lock_s = max(10.0, 3 * fleet.batch.poll_s)
+        self._lock = redis.lock(BATCH_LOCK, timeout=self._lock_s, blocking=False,
+                                thread_local=False)
 
     async def tick(self, finish: Finish) -> dict[str, int]:
         """One round, if no other batcher is at work; what it did, counted."""
-        token = uuid.uuid4().hex
-        if not await self._redis.set(BATCH_LOCK, token, nx=True, px=self._lock_ms):
+        if not await self._lock.acquire():
             return {"skipped": 1}
-        renewing = asyncio.create_task(self._keep(token))
+        renewing = asyncio.create_task(self._keep())
         figures: Counter[str] = Counter()
         try:
             await self._overdue(figures)
@@ -91,13 +82,15 @@ class Batcher:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            await self._release(keys=[BATCH_LOCK], args=[token])
+            with contextlib.suppress(LockError):  # lapsed meanwhile: nothing to give up
+                await self._lock.release()
         return dict(figures)
 
-    async def _keep(self, token: str) -> None:
-        while True:
-            await asyncio.sleep(self._lock_ms / 3000)
-            await self._renew(keys=[BATCH_LOCK], args=[token, self._lock_ms])
+    async def _keep(self) -> None:
+        with contextlib.suppress(LockError):  # lapsed: the round ends as it is
+            while True:
+                await asyncio.sleep(self._lock_s / 3)
+                await self._lock.reacquire()
 
     async def _guard(self, work: Awaitable[None], batch: BatchRow) -> None:
         """A provider's failure leaves the batch for the next round, not the others."""
