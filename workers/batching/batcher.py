@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
 from schemas import CompletionJob, FleetConfig, ProviderError
@@ -60,16 +61,17 @@ class Batcher:
                  apis: dict[str, BatchAPI], send: Send) -> None:
         self._redis, self._store, self._fleet, self._apis = redis, store, fleet, apis
         self._send = send
-        # One batcher at a time, as one flusher: redis-py's lock, renewed while it works.
         self._lock_s = max(10.0, 3 * fleet.batch.poll_s)
-        self._lock = redis.lock(BATCH_LOCK, timeout=self._lock_s, blocking=False,
-                                thread_local=False)
 
     async def tick(self, finish: Finish) -> dict[str, int]:
         """One round, if no other batcher is at work; what it did, counted."""
-        if not await self._lock.acquire():
+        # One batcher at a time: redis-py's lock, a token of this round's own, renewed
+        # while it works.
+        lock = self._redis.lock(BATCH_LOCK, timeout=self._lock_s, blocking=False,
+                                thread_local=False)
+        if not await lock.acquire():
             return {"skipped": 1}
-        renewing = asyncio.create_task(self._keep())
+        renewing = asyncio.create_task(self._keep(lock))
         figures: Counter[str] = Counter()
         try:
             await self._overdue(figures)
@@ -83,14 +85,14 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
             with contextlib.suppress(LockError):  # lapsed meanwhile: nothing to give up
-                await self._lock.release()
+                await lock.release()
         return dict(figures)
 
-    async def _keep(self) -> None:
+    async def _keep(self, lock: Lock) -> None:
         with contextlib.suppress(LockError):  # lapsed: the round ends as it is
             while True:
                 await asyncio.sleep(self._lock_s / 3)
-                await self._lock.reacquire()
+                await lock.reacquire()
 
     async def _guard(self, work: Awaitable[None], batch: BatchRow) -> None:
         """A provider's failure leaves the batch for the next round, not the others."""
