@@ -19,7 +19,8 @@ import redis
 from bench._measure import log
 from schemas import Settings
 
-__all__ = ["Ledger", "Services", "check_ledger", "child_env", "services", "tail_logs"]
+__all__ = ["Ledger", "Services", "check_ledger", "child_env", "services", "tail_logs",
+           "wait_flushed"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_KEYS = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
@@ -87,6 +88,17 @@ class Ledger:
     jobs: int
     rows: int | None  # None: accounting is off
     spooled: int
+
+
+def wait_flushed(redis_url: str, timeout_s: float = 60.0) -> float:
+    """Wait until the workers' flusher has emptied the ledger spool; the seconds it took."""
+    from schemas.keys import LEDGER_SPOOL
+
+    started = time.monotonic()
+    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
+        while client.llen(LEDGER_SPOOL) and time.monotonic() - started < timeout_s:
+            time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def check_ledger(settings: Settings, found: Services, agent: str, jobs: int) -> Ledger:

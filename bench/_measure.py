@@ -70,6 +70,10 @@ class Phase:
         ours = sum(v for k, v in self.cpu.items() if k != "other")
         return ours * self.seconds * 10 / max(self.jobs, 1)
 
+    def group_ms_per_job(self, group: str) -> float:
+        """CPU of one group of processes (``CPU_GROUPS``) per job."""
+        return self.cpu.get(group, 0.0) * self.seconds * 10 / max(self.jobs, 1)
+
     def percentile(self, q: int) -> float | None:
         if len(self.latencies_ms) < 2:
             return self.latencies_ms[0] if self.latencies_ms else None

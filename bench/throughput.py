@@ -54,7 +54,15 @@ if str(ROOT) not in sys.path:  # run as a script: make the project and bench imp
 
 from celery import Celery  # noqa: E402
 
-from bench._fleet import Ledger, Services, check_ledger, child_env, services, tail_logs  # noqa: E402
+from bench._fleet import (  # noqa: E402
+    Ledger,
+    Services,
+    check_ledger,
+    child_env,
+    services,
+    tail_logs,
+    wait_flushed,
+)
 from bench._measure import (  # noqa: E402
     Observer,
     Phase,
@@ -168,6 +176,7 @@ def run_fleet(opts: Options, found: Services, env: dict[str, str], log_dir: Path
             closed_loop(many, batch, batches, opts.batches_in_flight, opts.phase_limit_s)
 
         sim_request(sim, "/_sim/config", {"latency_ms": 0})
+        log(f"fleet: ledger spool flushed in {wait_flushed(url):.1f} s")
         round_trips(Phase("warm-up"), one, 20, 30)
         latency = Phase("fleet round trip, simulator at 0 ms")
         log(f"fleet: {opts.samples} round trips, simulator at 0 ms")

@@ -52,7 +52,7 @@ class CacheShortCircuit:
         self._accounting = settings.enable_cost_tracking
         self._redis = sync_client(redis_url)
 
-    def _key(self, job: CompletionJob) -> str | None:
+    def key_for(self, job: CompletionJob) -> str | None:
         """The job's cache entry key; None when it may not read the cache."""
         if job.tier is None or cache_mode(job, self._fleet.cache, self._enabled) != "use":
             return None
@@ -68,7 +68,7 @@ class CacheShortCircuit:
     def lookup_many(self, jobs: list[CompletionJob]) -> list[CompletionResult | None]:
         """``lookup`` for many jobs in one round trip (and one for the hits' rows)."""
         found: list[CompletionResult | None] = [None] * len(jobs)
-        keyed = [(i, key) for i, job in enumerate(jobs) if (key := self._key(job))]
+        keyed = [(i, key) for i, job in enumerate(jobs) if (key := self.key_for(job))]
         if not keyed:
             return found
         try:
@@ -77,20 +77,32 @@ class CacheShortCircuit:
             log.warning("cache lookup failed (%s): the jobs go to the queue",
                         type(exc).__name__)
             return found
+        answered = self.answers([(jobs[i], key, raw if isinstance(raw, bytes) else None)
+                                 for (i, key), raw in zip(keyed, raws, strict=True)])
+        for (index, _), result in zip(keyed, answered, strict=True):
+            found[index] = result
+        return found
+
+    def answers(self, entries: list[tuple[CompletionJob, str, bytes | None]]
+                ) -> list[CompletionResult | None]:
+        """Raw cache entries read for jobs (``(job, key, raw)``, raw None on a miss) as
+        their results: the hits marked used in the LRU index and their ledger rows
+        spooled, in one round trip. None for a miss or an entry that does not parse."""
+        results: list[CompletionResult | None] = []
         rows: list[str] = []
         used: dict[str, float] = {}
-        for (index, key), raw in zip(keyed, raws, strict=True):
-            if raw is None:
-                continue
-            try:
-                answer = CachedAnswer.model_validate_json(raw)
-            except ValueError:
-                continue
-            job = jobs[index]
-            result = answer.result_for(job, job.tier).labelled(job.metadata)
-            found[index] = result
-            used[key] = time.time() * 1000
-            rows.append(self._row(job, result, answer.cost_usd))
+        for job, key, raw in entries:
+            result = None
+            if raw is not None:
+                try:
+                    answer = CachedAnswer.model_validate_json(raw)
+                except ValueError:
+                    answer = None
+                if answer is not None:
+                    result = answer.result_for(job, job.tier).labelled(job.metadata)
+                    used[key] = time.time() * 1000
+                    rows.append(self._row(job, result, answer.cost_usd))
+            results.append(result)
         if used:
             try:
                 pipe = self._redis.pipeline(transaction=False)
@@ -100,7 +112,7 @@ class CacheShortCircuit:
                 pipe.execute()
             except RedisError:
                 log.error("ledger rows of %d cache hits could not be spooled", len(rows))
-        return found
+        return results
 
     def _row(self, job: CompletionJob, result: CompletionResult, saved: float) -> str:
         """The hit's ledger row, as a worker's accounting step would write it."""

@@ -198,6 +198,12 @@ class ResultWaiter:
                 raise FleetUnavailableError(f"cannot subscribe to results: "
                                             f"{type(exc).__name__}") from None
 
+    def forget(self, job_id: str) -> None:
+        """A job ``expect``-ed that will not come after all (answered at submit, or not
+        sent): its slot goes."""
+        with self._lock:
+            self._slots.pop(job_id, None)
+
     def _forget_old(self) -> None:
         cutoff = time.monotonic() - _KEEP_UNCLAIMED_S
         for job_id in [j for j, s in self._slots.items() if s.since < cutoff and not s.waiters]:

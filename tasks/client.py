@@ -8,6 +8,7 @@ provider or database code: only the fleet file, to know the tiers and models.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +17,9 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from schemas import (
     EMBEDDINGS_TIER,
@@ -34,8 +38,10 @@ from tasks import _context
 from tasks._cache import CacheShortCircuit
 from tasks._discovery import find_redis_url
 from tasks._publisher import Publisher
+from tasks._redis import sync_client
 from tasks._results import ResultWaiter
 from tasks._streams import ChunkStream
+from tasks._wire import JobWire
 from tasks.celery_config import celery_settings
 from tasks.experiments import Experiments
 from tasks.handles import BatchHandle, JobHandle
@@ -52,6 +58,8 @@ from tasks.templates import Templates, admin_call
 from tasks.tools import as_tool, response_format_for
 
 __all__ = ["BatchHandle", "FleetClient", "JobHandle"]
+
+log = logging.getLogger(__name__)
 
 #: Jobs per batch message: large enough to amortise a message, small enough that one
 #: worker's share of a big batch does not wait on another's.
@@ -79,8 +87,14 @@ class FleetClient:
         self._waiter = ResultWaiter(url)
         self._waiter.resend = lambda name, payload, queue: self._dispatch(
             name, [payload], queue, str(payload["job_id"]))
-        self._publisher = Publisher(lambda *message: self._dispatch(*message), COMPLETE,
-                                    COMPLETE_BATCH)
+        # Job messages go by the client's own wire (``tasks._wire``), not Celery's
+        # producer: a submit is one round trip, cache lookup included.
+        # Two quick tries, as Celery's publish made: enough to replace a pooled
+        # connection a broker restart broke; a broker that is down fails the submit at
+        # once (FleetUnavailableError) instead of holding the agent.
+        self._wire = JobWire(sync_client(
+            url, retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), 2)))
+        self._publisher = Publisher(self._wire, COMPLETE, COMPLETE_BATCH)
         self._cache = CacheShortCircuit(url, self.fleet, settings)
         #: Stored prompt templates: put, get, list, render (``tasks.templates``).
         self.templates = Templates(self._app, self._waiter)
@@ -88,7 +102,8 @@ class FleetClient:
         self.experiments = Experiments(self._app, self._waiter)
         # A script that never calls close() still exits quietly: the waiter's loop
         # thread and connections are released when the client goes, or at exit.
-        self._finalizer = weakref.finalize(self, _release, self._waiter, self._cache, self._app)
+        self._finalizer = weakref.finalize(self, _release, self._waiter, self._cache, self._wire,
+                                           self._app)
 
     # -- building jobs -----------------------------------------------------
 
@@ -135,13 +150,31 @@ class FleetClient:
         self._expect(payload, name, queue)
         self._dispatch(name, [payload], queue, task_id)
 
-    def _send_job(self, job: CompletionJob) -> None:
+    def _send_job(self, job: CompletionJob) -> CompletionResult | None:
         """One completion job: on its own, or with others sent at the same moment by
-        other threads (``tasks._publisher``)."""
+        other threads (``tasks._publisher``); looked up in the cache on the way, and not
+        sent when the cache answers it: then its result."""
         payload = job.model_dump(mode="json")
         queue = queue_for(job.tier or "", job.priority)
-        self._expect(payload, COMPLETE, queue)
-        self._publisher.publish(payload, queue, job.job_id)
+        key = self._cache.key_for(job)
+        try:
+            self._expect(payload, COMPLETE, queue)
+            raw = self._publisher.publish(payload, queue, job.job_id, key)
+            if raw is None or key is None:
+                return None
+            hit = self._cache.answers([(job, key, raw)])[0]
+            if hit is None:  # an entry that does not parse: the job goes after all
+                self._publisher.publish(payload, queue, job.job_id)
+                return None
+        except RedisError as exc:
+            self._waiter.forget(job.job_id)
+            raise self._unreachable(exc) from None
+        except FleetUnavailableError as exc:  # no reply channel: it was not sent
+            self._waiter.forget(job.job_id)
+            log.warning("not sent: %s", exc.message)
+            raise
+        self._waiter.forget(job.job_id)
+        return hit
 
     def _expect(self, payload: Any, name: str = COMPLETE, queue: str | None = None) -> None:
         """The jobs of a message about to go: their outcomes will come to this client,
@@ -155,11 +188,15 @@ class FleetClient:
 
     def _dispatch(self, name: str, args: list[Any], queue: str, task_id: str) -> None:
         try:
-            self._app.send_task(name, args=args, queue=queue, task_id=task_id)
-        except OperationalError as exc:
+            self._wire.send(name, args, queue, task_id)
+        except RedisError as exc:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: Exception) -> FleetUnavailableError:
+        # Logged as well as raised: the line carries the job's ids and trace (the log
+        # context of its submit), which an agent framework may swallow with the error.
+        log.warning("not sent: the broker at %s did not answer (%s)", masked_url(self._url),
+                    type(exc).__name__)
         return FleetUnavailableError(
             f"cannot reach the broker at {masked_url(self._url)}: {exc}")
 
@@ -180,11 +217,8 @@ class FleetClient:
             submission.describe(job)
             assert job.tier is not None
             model = options.get("response_model")
-            hit = self._cache.lookup(job)
-            if hit is not None:
-                return JobHandle(self, job.job_id, hit, model)
-            self._send_job(job)
-            return JobHandle(self, job.job_id, response_model=model)
+            hit = self._send_job(job)
+            return JobHandle(self, job.job_id, hit, model)
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]]) -> BatchHandle:
         """Enqueue many completion jobs, batched per tier (each item takes submit's
@@ -241,11 +275,8 @@ class FleetClient:
             submission.describe(job)
             assert job.tier is not None
             model = options.get("response_model")
-            hit = await asyncio.to_thread(self._cache.lookup, job)
-            if hit is not None:
-                return JobHandle(self, job.job_id, hit, model)
-            await asyncio.to_thread(self._send_job, job)
-            return JobHandle(self, job.job_id, response_model=model)
+            hit = await asyncio.to_thread(self._send_job, job)
+            return JobHandle(self, job.job_id, hit, model)
 
     async def acomplete(self, messages: Sequence[Mapping[str, Any]] | str | None = None, *,
                         timeout: float = 60, **options: Any) -> CompletionResult:
@@ -317,7 +348,9 @@ class FleetClient:
         self.close()
 
 
-def _release(waiter: ResultWaiter, cache: CacheShortCircuit, app: Celery) -> None:
+def _release(waiter: ResultWaiter, cache: CacheShortCircuit, wire: JobWire,
+             app: Celery) -> None:
     waiter.close()
     cache.close()
+    wire.close()
     app.close()

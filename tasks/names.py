@@ -32,6 +32,7 @@ __all__ = [
     "TEMPLATES_GET",
     "TEMPLATES_LIST",
     "TEMPLATES_PUT",
+    "args_summary",
     "priority_queues",
     "queue_for",
 ]
@@ -86,6 +87,20 @@ def queue_for(tier: str, priority: Priority = "normal") -> str:
 def priority_queues(tier: str) -> list[str]:
     """A tier's queues, highest priority first."""
     return [queue_for(tier, p) for p in PRIORITIES]
+
+
+def args_summary(args: list[Any]) -> str:
+    """What a job message's headers say of its arguments (Celery's ``argsrepr``, shown
+    by Flower and worker logs): the job's id and who sent it, or how many jobs a batch
+    holds. Celery's own summary is a repr of the whole payload: it costs the sender more
+    than the rest of the send, and copies the start of the prompt into the headers."""
+    first = args[0] if args else None
+    if isinstance(first, list):
+        return f"({len(first)} jobs)"
+    if isinstance(first, dict):
+        return (f"(job {first.get('job_id')}, agent {first.get('agent')}, "
+                f"tier {first.get('tier')})")
+    return f"({len(args)} args)"
 
 
 _JOB_TASK: dict[str, Any] = {

@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,48 @@ def client_with_worker(env: dict[str, str], fleet: FleetConfig, tiers: str, name
         # The client's result waiter can leave an async Redis connection to the GC; collect
         # it now, not during a later ast parse (CPython 3.11.7 then raises SystemError).
         gc.collect()
+
+
+@dataclass
+class Sent:
+    """A message a client sent (or meant to): task name, arguments, queue, task id."""
+
+    name: str
+    args: list[Any]
+    queue: str
+    task_id: str
+
+    @property
+    def jobs(self) -> list[dict[str, Any]]:
+        first = self.args[0]
+        return first if isinstance(first, list) else [first]
+
+
+def intercept_sends(client: FleetClient, deliver: Callable[[Sent], bool] = lambda _: True
+                    ) -> list[Sent]:
+    """The messages ``client`` sends from now on, recorded in order; each goes to Redis
+    only when ``deliver`` says so. A job the cache answers at submit is not a message:
+    its lookup still answers it, as the client's one-round-trip send would."""
+    wire = client._wire
+    send, cached = wire.send, wire.cached
+    sent: list[Sent] = []
+
+    def recorded(name: str, args: list[Any], queue: str, task_id: str) -> None:
+        message = Sent(name, args, queue, task_id)
+        sent.append(message)
+        if deliver(message):
+            send(name, args, queue, task_id)
+
+    def unless_cached(key: str, name: str, args: list[Any], queue: str, task_id: str
+                      ) -> bytes | None:
+        [raw] = cached([key])
+        if raw is None:
+            recorded(name, args, queue, task_id)
+        return raw
+
+    wire.send = recorded  # type: ignore[method-assign]
+    wire.send_unless_cached = unless_cached  # type: ignore[method-assign]
+    return sent
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

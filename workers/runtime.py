@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
-from celery import Celery
 from httpx_aiohttp import AiohttpTransport
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -26,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas import EmbeddingJob, EmbeddingResult, FleetConfig, Settings
 from tasks._redis import async_pool, sync_client
-from tasks.celery_config import celery_settings
+from tasks._wire import JobWire
 from workers.accounting.budget_step import BudgetStep
 from workers.accounting.budgets import BudgetLedger
 from workers.accounting.flusher import LedgerFlusher
@@ -102,7 +101,7 @@ class WorkerRuntime:
             self.flusher.start()
         self.admission = Admission(self.redis, self.fleet)
         self.parking = Parking(self.redis)
-        send = _sender(redis_url, self.fleet)
+        send = _sender(redis_url)
         if self.fleet.batch.enabled and self.settings.database_url:
             apis = build_batch_apis(self.fleet, providers)
             store = self._batch_store = BatchStore(async_engine(self.settings.database_url))
@@ -165,16 +164,9 @@ class WorkerRuntime:
         self._loop.close()
 
 
-def _sender(redis_url: str, fleet: FleetConfig) -> Send:
-    """How parked jobs are sent again: a producer of their own, as an agent's client."""
-    app = Celery("llmfleet-mover", set_as_current=False)
-    app.conf.update(celery_settings(redis_url, redis_url, fleet))
-    app.conf.result_backend = None
-
-    def send(task: str, args: list[Any], queue: str, task_id: str) -> None:
-        app.send_task(task, args=args, queue=queue, task_id=task_id)
-
-    return send
+def _sender(redis_url: str) -> Send:
+    """How parked jobs are sent again: the agents' own wire (``tasks._wire``)."""
+    return JobWire(sync_client(redis_url)).send
 
 
 _lock = threading.Lock()

@@ -20,7 +20,14 @@ from schemas import AllModelsFailedError, CompletionResult, FleetConfig, Setting
 from schemas.keys import JOB_STATE
 from tasks import FleetClient
 from tasks.names import queue_for
-from tests.conftest import ledger_row, start_worker, stop_process, wait_until
+from tests.conftest import (
+    Sent,
+    intercept_sends,
+    ledger_row,
+    start_worker,
+    stop_process,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +50,15 @@ def client(fleet_env: dict[str, str], fleet: FleetConfig, redis_url: str,
 def sends(client: FleetClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The job ids the client puts on a queue from here on."""
     sent: list[str] = []
-    original = client._dispatch
 
-    def counting(name: str, args: list[Any], queue: str, task_id: str) -> None:
-        jobs = args[0] if isinstance(args[0], list) else [args[0]]
-        sent.extend(job["job_id"] for job in jobs)
-        original(name, args, queue, task_id)
+    def counting(message: Sent) -> bool:
+        sent.extend(job["job_id"] for job in message.jobs)
+        return True
 
-    monkeypatch.setattr(client, "_dispatch", counting)
+    wire = client._wire
+    monkeypatch.setattr(wire, "send", wire.send)  # put back when the test ends
+    monkeypatch.setattr(wire, "send_unless_cached", wire.send_unless_cached)
+    intercept_sends(client, counting)
     return sent
 
 

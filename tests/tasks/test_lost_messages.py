@@ -18,7 +18,7 @@ from schemas import FleetConfig, JobTimeoutError
 from schemas.keys import JOB_STATE, PARKED
 from tasks._results import ResultWaiter
 from tasks.names import COMPLETE
-from tests.conftest import client_with_worker
+from tests.conftest import Sent, client_with_worker, intercept_sends
 
 
 @pytest.fixture()
@@ -81,15 +81,14 @@ def test_a_lost_message_is_answered_once_through_a_worker(
         client._waiter.resend_after_s = 0.5
         # Given a job whose first message is lost on its way (never reaches Redis)
         dropped: list[str] = []
-        send = client._dispatch
 
-        def lose_first(name: str, args: list[Any], queue: str, task_id: str) -> None:
+        def lose_first(message: Sent) -> bool:
             if not dropped:
-                dropped.append(task_id)
-                return
-            send(name, args, queue, task_id)
+                dropped.append(message.task_id)
+                return False
+            return True
 
-        client._dispatch = lose_first  # type: ignore[method-assign]
+        intercept_sends(client, lose_first)
         handle = client.submit(f"lost {uuid.uuid4().hex}", tier="simple", max_tokens=8)
         # When its agent waits, then it is sent again and answered, by one provider call
         assert handle.get(timeout=30).content

@@ -40,7 +40,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     """
     from tasks.celery_config import fleet_queues
     from tasks.names import ADMIN_QUEUE
-    from workers.app import create_app, observe
+    from workers.app import create_app, observe, use_fleet_transport
     from workers.devstack.services import export_service_env, resolve_services
     from workers.providers import missing_keys
     from workers.runtime import warm_up
@@ -62,6 +62,7 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     queues.append(ADMIN_QUEUE)  # housekeeping: any worker may run it
     observe(settings, "llmfleet-worker")
     app = create_app(services.redis_url, fleet)
+    use_fleet_transport(app, services.redis_url)
     warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
     name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
     app.worker_main(["worker", "--queues", ",".join(queues), "--pool", "threads",

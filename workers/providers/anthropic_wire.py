@@ -15,7 +15,16 @@ import json
 import re
 from typing import Any
 
-from schemas import ImagePart, Message, ResponseFormat, TextPart, Tool, ToolCall, ToolChoice
+from schemas import (
+    ImagePart,
+    JobValidationError,
+    Message,
+    ResponseFormat,
+    TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from schemas.images import parse_data_url
 
 __all__ = ["FORMAT_TOOL", "answer_from_format_tool", "format_tool", "to_wire", "tool_choice",
@@ -78,7 +87,8 @@ def _tool_result(message: Message) -> Turn:
 
 def to_wire(messages: list[Message]) -> tuple[str, list[Turn]]:
     """(system text, turns). Turns alternate, so neighbours of one role merge; the tool
-    messages after an assistant's calls become the next user turn's first blocks."""
+    messages after an assistant's calls become the next user turn's first blocks. Raises
+    JobValidationError when no turn is left (empty messages are dropped)."""
     system = "\n\n".join(m.text for m in messages if m.role in ("system", "developer"))
     turns: list[Turn] = []
     for message in messages:
@@ -97,6 +107,10 @@ def to_wire(messages: list[Message]) -> tuple[str, list[Turn]]:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if not turns:  # Anthropic refuses an empty conversation: say why, as the caller's
+        raise JobValidationError(
+            "messages: nothing to send to an Anthropic model: every message is empty or "
+            "a system message", field="messages")
     return system, turns
 
 

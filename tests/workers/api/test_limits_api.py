@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from schemas import FleetConfig
 from schemas.tables import job_ledger
 from tasks import FleetClient
-from tests.conftest import wait_until
+from tests.conftest import intercept_sends, wait_until
 from tests.workers.api.conftest import ADMIN_KEY
 from workers.api.errors import ApiError
 from workers.api.keys import FleetKey, KeyLimits, create_key
@@ -159,8 +159,7 @@ def test_the_job_carries_the_keys_id_limit_and_priority_to_its_queue(
                       KeyLimits(rpm=5, concurrency=2, mode="queue", priority="high"))
     sent: list[tuple[str, Any, str]] = []
     client = FleetClient(redis_url=redis_url, fleet=api_fleet, agent="api")
-    client._dispatch = lambda name, args, queue, task_id: sent.append(  # type: ignore[method-assign]
-        (name, args[0], queue))
+    intercept_sends(client, lambda m: bool(sent.append((m.name, m.args[0], m.queue))))
     try:
         # When the route's fields go with a job, as the request names no priority
         # and then as it asks for low

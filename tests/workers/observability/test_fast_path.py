@@ -16,6 +16,7 @@ import workers.runtime
 from schemas import Settings, load_config
 from tasks import FleetClient
 from tasks._context import tracer, use_tracer_provider
+from tests.conftest import intercept_sends
 from workers.bodies.jobs import JOB_BODIES
 from workers.runtime import WorkerRuntime
 
@@ -63,8 +64,7 @@ def test_a_job_not_traced_makes_no_span(made: list[str], redis_url: str,
     monkeypatch.setattr(workers.runtime, "_runtime", runtime)
     client = FleetClient(redis_url=redis_url, fleet=fleet, settings=settings, agent="plain")
     sent: list[tuple[str, Any]] = []
-    monkeypatch.setattr(client._app, "send_task",
-                        lambda name, args, **_: sent.append((name, args[0])))
+    intercept_sends(client, lambda m: bool(sent.append((m.name, m.args[0]))))
     try:
         # When a job is submitted, run by the worker's body and answered
         handle = client.submit(f"untraced {time.time_ns()}", tier="simple", max_tokens=8)

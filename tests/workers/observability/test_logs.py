@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-#: A client whose broker does not answer: its cache lookup logs a warning about the job
-#: it is submitting, then the submit fails.
+#: A client whose broker does not answer: it logs a warning about the job it is
+#: submitting, then the submit fails.
 CLIENT = """
 from schemas import FleetUnavailableError
 from tasks import FleetClient
@@ -47,8 +47,8 @@ def test_a_client_without_host_logging_writes_json_with_its_job(tmp_path: Any) -
     lines = json_lines(done.stderr)
     assert len(lines) == 1 and done.stderr.strip().startswith("{"), done.stderr
     line = lines[0]
-    assert line["logger"] == "tasks._cache" and line["level"] == "WARNING"
-    assert "cache lookup failed" in line["message"]
+    assert line["logger"] == "tasks.client" and line["level"] == "WARNING"
+    assert line["message"].startswith("not sent: ")
     assert (line["agent"], line["user"], line["tier"]) == ("lonely", "u9", "simple")
     assert len(line["job_id"]) == 32 and len(line["trace_id"]) == 32
     assert line["time"].endswith("+00:00")
@@ -63,7 +63,7 @@ def test_a_host_s_logging_is_left_alone_but_sees_the_job(tmp_path: Any) -> None:
     # Then the client's record went through the host's handler, with the job's id
     assert not json_lines(done.stderr), done.stderr
     host = [line for line in done.stderr.splitlines() if line.startswith("HOST WARNING ")]
-    assert len(host) == 1 and "cache lookup failed" in host[0]
+    assert len(host) == 1 and "not sent: the broker" in host[0]
     assert len(host[0].split()[2]) == 32  # the job id
     # And its root logger still has its own handler and formatter only
     assert done.stdout.strip() == "['Formatter']"
@@ -72,7 +72,7 @@ def test_a_host_s_logging_is_left_alone_but_sees_the_job(tmp_path: Any) -> None:
 def test_text_stays_the_default() -> None:
     done = run(CLIENT, log_format=None)
     assert not json_lines(done.stderr)
-    assert "cache lookup failed (ConnectionError)" in done.stderr
+    assert "not sent: " in done.stderr and "ConnectionError" in done.stderr
 
 
 def test_a_fleet_process_logs_json_lines_with_the_bound_context() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from schemas import FleetConfig
 from tasks.names import COMPLETE
-from tests.conftest import client_with_worker, wait_until
+from tests.conftest import client_with_worker, intercept_sends, wait_until
 
 
 def test_a_job_s_worker_lines_carry_its_ids_and_its_client_s_trace(
@@ -21,19 +21,12 @@ def test_a_job_s_worker_lines_carry_its_ids_and_its_client_s_trace(
                             agent="json-logger") as client:
         # Given a job answered, its message then delivered again (as after a broker
         # restart): the worker says so in a line of its own
-        sent: list[dict[str, Any]] = []
-        original = client._dispatch
-
-        def keep(name: str, args: list[Any], queue: str, task_id: str) -> None:
-            sent.append({"name": name, "args": args, "queue": queue, "task_id": task_id})
-            original(name, args, queue, task_id)
-
-        client._dispatch = keep  # type: ignore[method-assign]
+        sent = intercept_sends(client)
         handle = client.submit(f"log me {uuid.uuid4().hex}", tier="simple", max_tokens=8)
         handle.get(timeout=30)
-        [message] = [m for m in sent if m["name"] == COMPLETE]
-        original(COMPLETE, message["args"], message["queue"], message["task_id"])
-        trace_id = message["args"][0]["trace"]["trace_id"]
+        [message] = [m for m in sent if m.name == COMPLETE]
+        client._wire.send(COMPLETE, message.args, message.queue, message.task_id)
+        trace_id = message.jobs[0]["trace"]["trace_id"]
 
         def said() -> list[dict[str, Any]]:
             lines = [json.loads(line) for line in log.read_text().splitlines()

@@ -24,6 +24,7 @@ from schemas import FleetConfig, Settings, load_config
 from tasks import FleetClient
 from tasks._context import ContextFilter
 from tasks.names import COMPLETE
+from tests.conftest import Sent, intercept_sends
 from workers.bodies.jobs import JOB_BODIES
 from workers.runtime import WorkerRuntime
 
@@ -56,10 +57,11 @@ def rig(spans: InMemorySpanExporter, redis_url: str, fleet_env: dict[str, str], 
     client = FleetClient(redis_url=redis_url, fleet=fleet, settings=settings, agent="tracer")
     sent: list[tuple[str, Any]] = []
 
-    def send_task(name: str, args: list[Any], **_: Any) -> None:
-        sent.append((name, args[0]))
+    def keep(message: Sent) -> bool:
+        sent.append((message.name, message.args[0]))
+        return False  # run here, by this process's bodies
 
-    monkeypatch.setattr(client._app, "send_task", send_task)
+    intercept_sends(client, keep)
     try:
         yield Rig(client, fleet, sent)
     finally:
