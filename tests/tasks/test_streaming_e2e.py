@@ -17,6 +17,7 @@ from tasks import FleetClient
 from tasks._streams import ChunkStream
 from tests.conftest import client_with_worker, ledger_row, start_worker, stop_process, wait_until
 from tests.tasks.test_agents_e2e import multiply
+from workers.devstack.simulator import make_reply
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,22 @@ def test_a_streamed_tool_call_comes_in_pieces_and_whole_at_the_end(client: Fleet
     assert arguments == stream.result.tool_calls[0].function.arguments
 
 
+def long_prompt(fleet: FleetConfig, tier: str, tokens: int = 48) -> str:
+    """A prompt the simulator answers at length: its replies are 8 to 60 tokens long, by
+    a hash of the model and the prompt, three tokens a delta."""
+    model = fleet.chain(tier)[0]
+    wire = fleet.models[model].wire_name or model
+    while True:
+        text = f"Write a long essay {uuid.uuid4().hex[:6]}"
+        if make_reply(wire, [{"role": "user", "content": text}]).tokens >= tokens:
+            return text
+
+
 def test_closing_a_stream_stops_the_provider_within_a_second(client: FleetClient, sim: Any,
                                                              database_url: str) -> None:
-    # Given an answer streaming slowly (its ~20 deltas would take about four seconds)
+    # Given an answer streaming slowly (its 16 to 20 deltas would take about four seconds)
     sim.configure(token_ms=200)
-    stream = client.stream(f"Write a long essay {uuid.uuid4().hex[:6]}", tier="simple",
+    stream = client.stream(long_prompt(client.fleet, "simple"), tier="simple",
                            max_tokens=2000, cache="skip")
     for chunk in stream:
         if chunk.i >= 3:

@@ -14,12 +14,13 @@ enforce them: a 429 with Retry-After and the provider's rate-limit headers.
 from ._app import create_app
 from ._config import SimulatorConfig
 from ._server import SimulatorThread, run_simulator
-from ._text import count_prompt_tokens
+from ._text import count_prompt_tokens, make_reply
 
 __all__ = [
     "SimulatorConfig",
     "SimulatorThread",
     "count_prompt_tokens",
     "create_app",
+    "make_reply",
     "run_simulator",
 ]
