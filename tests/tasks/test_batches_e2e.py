@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import text
 
-from schemas import FleetConfig, JobValidationError, Settings, load_config
+from schemas import FleetConfig, JobCancelledError, JobValidationError, Settings, load_config
+from schemas.keys import BATCH_WAITING, JOB_STATE
 from tasks import FleetClient
-from tests.conftest import client_with_worker, stop_process
+from tests.conftest import client_with_worker, stop_process, wait_until
 from workers.pipeline.pricing import cost_of
 from workers.store.engines import sync_engine
 
@@ -148,3 +150,31 @@ def _live_cost(fleet: FleetConfig, row: dict[str, Any]) -> float:
     usage = Usage(prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                   cached_tokens=row["cached_tokens"])
     return cost_of(fleet.models[row["model"]], usage)
+
+
+def test_jobs_cancelled_while_they_wait_are_never_sent(client: FleetClient, sim: Any,
+                                                       redis_url: str, database_url: str
+                                                       ) -> None:
+    # Given jobs waiting for a batch, cancelled by their agent before one takes them
+    # (the batcher goes round every second: a batch opens the round after they wait),
+    # and jobs that are not cancelled
+    cancelled = _submit(client, "cancelled", 3)
+    with redis.Redis.from_url(redis_url) as look:
+        wait_until(lambda: all(look.get(JOB_STATE.format(job_id=h.job_id))
+                               == BATCH_WAITING.encode() for h in cancelled), timeout=10,
+                   interval=0.02)
+    for handle in cancelled:
+        handle.cancel()
+    kept = _submit(client, "kept", 2)
+    # When the kept ones are answered
+    assert all(h.get(timeout=60).content for h in kept)
+    # Then only they went to the provider: a cancelled job is billed nothing
+    stats = sim.stats()
+    assert stats["batch_requests"] == 2 and stats["requests"] == 0
+    for handle in cancelled:
+        with pytest.raises(JobCancelledError):
+            handle.get(timeout=10)
+    # And each leaves its one ledger row, cancelled, at no cost
+    rows = rows_of(database_url, [h.job_id for h in cancelled])
+    assert sorted(r["job_id"] for r in rows) == sorted(h.job_id for h in cancelled)
+    assert {(r["status"], float(r["cost_usd"])) for r in rows} == {("cancelled", 0.0)}

@@ -5,8 +5,9 @@ Each round: jobs whose deadline less ``margin_s`` has come go live; waiting jobs
 model are gathered into a batch once the oldest has waited ``gather_s`` or
 ``max_items`` wait; batches not yet at their provider are sent (the row is written
 ``submitting`` first, so a batcher killed mid-submit finds it: the provider's batch is
-adopted by its metadata where the format has it, else sent again); batches in flight
-are polled, and an ended one's answers finish their jobs (``Finish``: the pipeline,
+adopted by its metadata where the format has it, else sent again), less the jobs their
+agents cancelled meanwhile; batches in flight are polled, and an ended one's answers
+finish their jobs (``Finish``: the pipeline,
 with the answer standing in for the provider call) while its errored, expired or
 missing items go live. A batch whose jobs all went live is cancelled at its provider.
 """
@@ -27,7 +28,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
 from schemas import CompletionJob, FleetConfig, ProviderError
-from schemas.keys import BATCH_LOCK
+from schemas.keys import BATCH_LOCK, CANCEL
 from tasks.names import COMPLETE, queue_for
 from workers.batching.store import BatchRow, BatchStore, WaitingJob
 from workers.providers import BatchAPI, BatchItem, ChatRequest, Completion, custom_id
@@ -127,7 +128,7 @@ class Batcher:
 
     async def _submit(self, batch: BatchRow, figures: Counter[str]) -> None:
         api = self._apis.get(batch.provider)
-        jobs = await self._store.jobs_of(batch.id)
+        jobs = await self._not_cancelled(await self._store.jobs_of(batch.id), figures)
         if api is None or not jobs:
             await self._live(jobs)
             await self._store.mark([j.job_id for j in jobs], "live", "no-batch-api")
@@ -144,6 +145,22 @@ class Batcher:
             figures["batches_adopted"] += 1
         await self._store.set_batch(batch.id, status="in_progress", provider_batch_id=found,
                                     submitted_at=dt.datetime.now(dt.UTC))
+
+    async def _not_cancelled(self, jobs: list[WaitingJob], figures: Counter[str]
+                             ) -> list[WaitingJob]:
+        """The jobs still wanted. One its agent cancelled while it waited (its cancel
+        key, ``JobHandle.cancel``) is not sent, since its provider would bill it: it goes
+        live, where its run refuses it without a provider call and ends it as any
+        cancelled job ends (its outcome to its waiters, its ledger row)."""
+        if not jobs:
+            return jobs
+        found = await self._redis.mget([CANCEL.format(job_id=job.job_id) for job in jobs])
+        cancelled = [job for job, mark in zip(jobs, found, strict=True) if mark is not None]
+        if cancelled:
+            await self._live(cancelled)
+            await self._store.mark([job.job_id for job in cancelled], "live", "cancelled")
+            figures["live_cancelled"] += len(cancelled)
+        return [job for job, mark in zip(jobs, found, strict=True) if mark is None]
 
     def _items(self, jobs: list[WaitingJob], model: str
                ) -> tuple[list[BatchItem], dict[str, WaitingJob]]:
