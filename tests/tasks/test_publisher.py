@@ -18,12 +18,18 @@ class Broker:
 
     def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
         self.delay, self.fail_on = delay, fail_on
+        #: Set while a send is on its way; it goes on once ``release`` is set.
+        self.sending = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
         self.messages: list[tuple[str, Any, str, str]] = []
         self.cache: dict[str, bytes] = {}
         self.lookups = 0
         self.lock = threading.Lock()
 
     def send(self, name: str, args: list[Any], queue: str, task_id: str) -> None:
+        self.sending.set()
+        self.release.wait(10)
         time.sleep(self.delay)
         if self.fail_on is not None and task_id.endswith(self.fail_on):
             raise ConnectionError("broker down")
@@ -48,6 +54,24 @@ class Broker:
 
 def job(n: int) -> dict[str, Any]:
     return {"job_id": f"job-{n:04d}"}
+
+
+def behind_a_send(broker: Broker, publisher: Publisher, first: threading.Thread,
+                  others: list[threading.Thread]) -> None:
+    """Start ``first``, hold its send on the way until ``others`` have all gathered
+    behind it, then let everything go and wait for every thread."""
+    broker.release.clear()
+    first.start()
+    assert broker.sending.wait(10)
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(len(g.payloads) for g in list(publisher._waiting.values())) < len(others):
+        assert time.monotonic() < deadline, "the others did not gather"
+        time.sleep(0.001)
+    broker.release.set()
+    for thread in [first, *others]:
+        thread.join()
 
 
 def test_a_lone_job_goes_at_once_in_a_message_of_its_own() -> None:
@@ -100,12 +124,8 @@ def test_each_caller_of_a_failed_message_gets_its_error() -> None:
             errors[n] = exc
 
     threads = [threading.Thread(target=send, args=(n,)) for n in range(1, 5)]
-    threads[0].start()
-    time.sleep(0.01)  # job 1 on its way: 2, 3 and 4 gather behind it, sent as batch-job-0002
-    for thread in threads[1:]:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # job 1 on its way: 2, 3 and 4 gather behind it, sent as batch-job-0002
+    behind_a_send(broker, publisher, threads[0], threads[1:])
     assert errors[1] is None
     assert all(isinstance(errors[n], ConnectionError) for n in (2, 3, 4))
     # And the publisher goes on: the next job is sent
@@ -134,12 +154,7 @@ def test_gathered_jobs_are_looked_up_together_and_only_misses_go() -> None:
         got[n] = publisher.publish(job(n), "llm.simple", f"job-{n:04d}", f"key-{n}")
 
     threads = [threading.Thread(target=send, args=(n,)) for n in range(9)]
-    threads[0].start()
-    time.sleep(0.01)  # job 0 on its way: the others gather behind it
-    for thread in threads[1:]:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    behind_a_send(broker, publisher, threads[0], threads[1:])  # job 0 on its way
     # Then each caller got its own answer, or None and its job went, once
     assert got == {n: (f"answer-{n}".encode() if n % 2 else None) for n in range(9)}
     sent = [j["job_id"] for name, payload, _, _ in broker.messages
