@@ -63,6 +63,8 @@ MAX_CONNECTIONS = 16
 #: Outcomes nobody asked for yet are kept this long (then, the state key answers).
 _KEEP_UNCLAIMED_S = 900.0
 _MAX_SLOTS = 100_000
+#: States read per MGET when looking for lost jobs.
+_SWEEP_CHUNK = 1000
 
 
 @dataclass
@@ -81,8 +83,10 @@ class _Slot:
 Resend = Callable[[str, dict[str, Any], str], None]
 #: A job nobody has claimed this long after it was sent, while its queue is empty and
 #: no limit holds it, is sent again: its message was lost on the way to a worker (a
-#: worker whose host went away as Redis handed it the message; a Redis crash between
-#: kombu's pop and its record of it). Exactly-once makes a second copy harmless.
+#: worker whose host went away, or that was killed, as Redis handed it the message; a
+#: Redis crash between kombu's pop and its record of it). Every job a client waits for
+#: the outcome of is looked at, waited on now or not (``ResultWaiter._sweep``).
+#: Exactly-once makes a second copy harmless.
 RESEND_AFTER_S = 30.0
 
 
@@ -163,6 +167,8 @@ class ResultWaiter:
         self.reply_channel = REPLY.format(client=uuid.uuid4().hex)
         self._slots: dict[str, _Slot] = {}
         self._listening: concurrent.futures.Future[None] | None = None
+        #: The loop's look for lost jobs (``_sweep``), started with the listener.
+        self._sweeping: asyncio.Task[None] | None = None
         #: How a lost job is sent again (``RESEND_AFTER_S``); None: never.
         self.resend: Resend | None = None
         self.resend_after_s = RESEND_AFTER_S
@@ -212,6 +218,32 @@ class ResultWaiter:
     async def _listen(self) -> None:
         _, channels = self._connect()
         await channels.listen(self.reply_channel, self._on_reply)
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Every ``_RECHECK_S``, the jobs this client sent and has no outcome of, sent at
+        least ``resend_after_s`` ago: one MGET of their states, and those nobody took are
+        sent again (``_maybe_resend``). Whether or not anyone waits for them now: an
+        agent that gets its results in turn would otherwise find a lost job only when it
+        came to it."""
+        while True:
+            await asyncio.sleep(_RECHECK_S)
+            if self.resend is None:
+                continue
+            now = time.monotonic()
+            with self._lock:
+                due = [job_id for job_id, slot in self._slots.items()
+                       if slot.message is not None and slot.outcome is None
+                       and now - slot.sent >= self.resend_after_s]
+            with contextlib.suppress(RedisError, OSError):
+                redis, _ = self._connect()
+                for start in range(0, len(due), _SWEEP_CHUNK):
+                    chunk = due[start:start + _SWEEP_CHUNK]
+                    states = await redis.mget([JOB_STATE.format(job_id=j) for j in chunk])
+                    for job_id, state in zip(chunk, states, strict=True):
+                        if state is None:
+                            await self._maybe_resend(redis, job_id)
 
     def _on_reply(self, data: bytes) -> None:
         """On the loop: a job's outcome came; hand it to its waiters, or keep it."""
@@ -292,8 +324,6 @@ class ResultWaiter:
                     envelope = state_envelope(state)
                     if envelope is not None:
                         return envelope
-                    if state is None:
-                        await self._maybe_resend(redis, job_id)
                 if deadline is not None and loop.time() >= deadline:
                     raise JobTimeoutError(f"no result for job {job_id} within {timeout}s",
                                           job_id=job_id, timeout=timeout)

@@ -1,10 +1,12 @@
 """A job whose message never reached a worker (lost between Redis and a worker whose
 host went away, or in a Redis crash between kombu's pop and its record) is sent again
-by the client waiting for it, once nobody took it, its queue is empty and no limit
-holds it; a job that waits in its queue, is held by a limit or runs is never resent."""
+by its client, once nobody took it, its queue is empty and no limit holds it, whether
+or not the client waits on it at that moment; a job that waits in its queue, is held
+by a limit or runs is never resent."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,18 @@ def test_a_job_nobody_took_from_an_empty_queue_is_sent_again(waiter: ResultWaite
         waiter.wait(job_id, timeout=1.0)
     # once per resend_after_s, never more
     assert sent[0] == (COMPLETE, {"job_id": job_id}, queue) and 2 <= len(sent) <= 4
+
+
+def test_a_lost_job_is_sent_again_while_nobody_waits_for_it(waiter: ResultWaiter) -> None:
+    # Given a lost job its agent has not come to yet (it waits on others first)
+    queue = f"llm.lost-{uuid.uuid4().hex[:6]}"
+    job_id, sent = lost_job(waiter, queue)
+    # Then it is sent again all the same, once nobody took it in resend_after_s
+    deadline = time.monotonic() + 5
+    while not sent:
+        assert time.monotonic() < deadline, "the lost job was not sent again"
+        time.sleep(0.05)
+    assert sent[0] == (COMPLETE, {"job_id": job_id}, queue)
 
 
 @pytest.mark.parametrize("held", ["queued", "parked", "running"])
