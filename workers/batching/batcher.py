@@ -72,16 +72,19 @@ class Batcher:
                                 thread_local=False)
         if not await lock.acquire():
             return {"skipped": 1}
-        renewing = asyncio.create_task(self._keep(lock))
         figures: Counter[str] = Counter()
+        work = asyncio.create_task(self._round(finish, figures))
+        renewing = asyncio.create_task(self._keep(lock, work))
         try:
-            await self._overdue(figures)
-            await self._gather(figures)
-            for batch in await self._store.batches("submitting"):
-                await self._guard(self._submit(batch, figures), batch)
-            for batch in await self._store.batches("in_progress"):
-                await self._guard(self._poll(batch, finish, figures), batch)
+            await work
+        except asyncio.CancelledError:
+            if not work.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            log.warning("the batcher's lock lapsed mid-round: the round stops, the next "
+                        "one takes over where it stopped")
+            figures["lapsed"] += 1
         finally:
+            work.cancel()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -89,11 +92,24 @@ class Batcher:
                 await lock.release()
         return dict(figures)
 
-    async def _keep(self, lock: Lock) -> None:
-        with contextlib.suppress(LockError):  # lapsed: the round ends as it is
+    async def _round(self, finish: Finish, figures: Counter[str]) -> None:
+        await self._overdue(figures)
+        await self._gather(figures)
+        for batch in await self._store.batches("submitting"):
+            await self._guard(self._submit(batch, figures), batch)
+        for batch in await self._store.batches("in_progress"):
+            await self._guard(self._poll(batch, finish, figures), batch)
+
+    async def _keep(self, lock: Lock, work: asyncio.Task[None]) -> None:
+        """Renew the lock while the round works; once it has lapsed (another round may
+        hold it now), stop the round: two rounds at once could send one batch twice. A
+        round stopped part-way is a batcher killed part-way, which the next one finishes."""
+        try:
             while True:
                 await asyncio.sleep(self._lock_s / 3)
                 await lock.reacquire()
+        except LockError:
+            work.cancel()
 
     async def _guard(self, work: Awaitable[None], batch: BatchRow) -> None:
         """A provider's failure leaves the batch for the next round, not the others."""
