@@ -32,7 +32,7 @@ from schemas.cache_key import (
     effective_max_tokens,
 )
 from schemas.evaluators import auto_outcome
-from schemas.keys import CACHE_ENTRY, CACHE_LRU, CANCEL, JOB_STATE, LEDGER_SPOOL
+from schemas.keys import BATCH_WAITING, CACHE_ENTRY, CACHE_LRU, CANCEL, JOB_STATE, LEDGER_SPOOL
 from tasks._redis import sync_client
 
 __all__ = ["CacheShortCircuit"]
@@ -40,6 +40,16 @@ __all__ = ["CacheShortCircuit"]
 log = logging.getLogger(__name__)
 #: How long a cancel key stays (longer than any job waits in a queue).
 CANCEL_TTL_S = 3600
+#: A cancelled job's state: ``cancelled`` unless a delivery runs it or it ended; a job
+#: waiting for a provider batch has not started, so its waiting mark gives way too.
+#: KEYS: state. ARGV: the waiting mark, seconds.
+_CANCEL_STATE = """
+local state = redis.call('GET', KEYS[1])
+if not state or state == ARGV[1] then
+  redis.call('SET', KEYS[1], 'cancelled', 'EX', ARGV[2])
+end
+return 0
+"""
 
 
 class CacheShortCircuit:
@@ -51,6 +61,7 @@ class CacheShortCircuit:
         # With cost tracking off no flusher drains the spool: a hit leaves no row.
         self._accounting = settings.enable_cost_tracking
         self._redis = sync_client(redis_url)
+        self._cancel_state = self._redis.register_script(_CANCEL_STATE)
 
     def key_for(self, job: CompletionJob) -> str | None:
         """The job's cache entry key; None when it may not read the cache."""
@@ -128,12 +139,14 @@ class CacheShortCircuit:
     def cancel(self, job_id: str) -> None:
         """Set the job's cancel key (its worker looks for it in flight:
         ``workers.pipeline.cancel``), and its state to cancelled unless a delivery runs
-        it or it ended (one that comes later refuses it). Here because this is the
-        client's one synchronous Redis connection."""
+        it or it ended (one that comes later refuses it; a job waiting for a batch is
+        refused when its batch answers). Here because this is the client's one
+        synchronous Redis connection."""
         try:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(CANCEL.format(job_id=job_id), "1", ex=CANCEL_TTL_S)
-            pipe.set(JOB_STATE.format(job_id=job_id), "cancelled", nx=True, ex=CANCEL_TTL_S)
+            self._cancel_state(keys=[JOB_STATE.format(job_id=job_id)],
+                               args=[BATCH_WAITING, CANCEL_TTL_S], client=pipe)
             pipe.execute()
         except RedisError as exc:
             raise FleetUnavailableError(f"cannot cancel job {job_id}: Redis does not answer "

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas import decode_outcome
-from schemas.keys import BATCH_WAITING, CANCEL, JOB_STATE, JOB_WAKE, RUN_LEASE
+from schemas.keys import BATCH_WAITING, JOB_STATE, JOB_WAKE, RUN_LEASE
 from tasks._pubsub import Channels
 from tasks._redis import as_text
 from tasks._results import REPLY_CHANNEL, reply_message
@@ -49,17 +49,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-#: Take a job waiting for a batch: its state swapped for a lease, if it still waits;
-#: or for ``cancelled`` when its agent cancelled it meanwhile (the agent's cancel leaves
-#: a waiting mark in place: it only sets a state that is not there).
-#: KEYS: state, cancel key. ARGV: the waiting mark, lease, ms. Returns 1 when taken,
-#: 2 when cancelled, 0 when it no longer waits.
+#: Take a job waiting for a batch: its state swapped for a lease, if it still waits.
+#: KEYS: state. ARGV: the waiting mark, lease, ms.
 _TAKE_WAITING = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[1], 'cancelled', 'KEEPTTL') return 2
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1
+return 0
 """
 
 
@@ -107,7 +103,7 @@ class OnceStep(Step):
         key = JOB_STATE.format(job_id=job_id)
         lease = f"{RUN_LEASE}{uuid.uuid4().hex}"
         try:
-            found = await self._claim(job_id, key, lease)
+            found = await self._claim(key, lease)
             if found is not None and found.startswith(RUN_LEASE):
                 log.warning("job %s is running elsewhere: waiting for its outcome", job_id)
                 found = await self._follow(job_id, key, lease)
@@ -127,7 +123,7 @@ class OnceStep(Step):
         finally:
             renewing.stop()
 
-    async def _claim(self, job_id: str, key: str, lease: str) -> str | None:
+    async def _claim(self, key: str, lease: str) -> str | None:
         """None when this delivery now holds the job; else what its state says."""
         while True:
             if await self._redis.set(key, lease, nx=True, px=self._lease_ms):
@@ -136,13 +132,9 @@ class OnceStep(Step):
             if raw is not None:
                 found = as_text(raw)
                 if found == BATCH_WAITING:
-                    taken = await self._take_waiting(
-                        keys=[key, CANCEL.format(job_id=job_id)],
-                        args=[BATCH_WAITING, lease, self._lease_ms])
-                    if taken == 1:
+                    if await self._take_waiting(keys=[key],
+                                                args=[BATCH_WAITING, lease, self._lease_ms]):
                         return None
-                    if taken == 2:
-                        return "cancelled"
                     continue  # taken meanwhile by its other path: look again
                 return None if found == lease else found
             # Gone between the two (a lease that lapsed): try again.
@@ -155,7 +147,7 @@ class OnceStep(Step):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), self._poll_s)
                 woken.clear()
-                found = await self._claim(job_id, key, lease)
+                found = await self._claim(key, lease)
                 if found is None or not found.startswith(RUN_LEASE):
                     return found
 
