@@ -48,6 +48,7 @@ def as_text(value: bytes | str | int | float) -> str:
     """A value read from Redis as text: our clients return bytes (no decode_responses)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
+
 @dataclass(frozen=True, slots=True)
 class SentinelTarget:
     """A Sentinel URL, parsed: where the sentinels are, and which master of theirs."""

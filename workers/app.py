@@ -57,7 +57,6 @@ class FleetConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type hin
         super().on_connection_error_after_connected(exc)
 
 
-
 class _OneClient:
     """kombu's Redis channel makes a redis-py client object for each synchronous command
     it sends (the unacked index when a job arrives, the ack when it is done): a handle

@@ -32,7 +32,7 @@ from workers.accounting.flusher import LedgerFlusher
 from workers.accounting.ledger import LedgerStep
 from workers.accounting.once import OnceStep
 from workers.admission.gate import Admission, Quotas
-from workers.admission.parking import Mover, Parking, Send
+from workers.admission.parking import Mover, Parking
 from workers.batching import Batcher, BatchStore, Deferral
 from workers.caching.embeddings import EmbeddingCacheStep
 from workers.caching.step import CacheStep
@@ -101,7 +101,8 @@ class WorkerRuntime:
             self.flusher.start()
         self.admission = Admission(self.redis, self.fleet)
         self.parking = Parking(self.redis)
-        send = _sender(redis_url)
+        # Parked and batched jobs are sent again on the agents' own wire (``tasks._wire``).
+        send = JobWire(self.sync_redis).send
         if self.fleet.batch.enabled and self.settings.database_url:
             apis = build_batch_apis(self.fleet, providers)
             store = self._batch_store = BatchStore(async_engine(self.settings.database_url))
@@ -162,11 +163,6 @@ class WorkerRuntime:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
-
-
-def _sender(redis_url: str) -> Send:
-    """How parked jobs are sent again: the agents' own wire (``tasks._wire``)."""
-    return JobWire(sync_client(redis_url)).send
 
 
 _lock = threading.Lock()

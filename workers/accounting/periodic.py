@@ -64,7 +64,6 @@ Level = Literal["threshold", "exceeded"]
 _LEVELS: dict[BudgetState, Level] = {"alert": "threshold", "exceeded": "exceeded"}
 
 
-
 def _pending(raws: list[Any]) -> list[dict[str, Any]]:
     """The spooled rows' budget columns (malformed rows skipped, as the flusher does)."""
     rows = []

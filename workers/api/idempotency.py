@@ -95,7 +95,6 @@ def _by_key(redis: Redis, key_id: str, key: str, fingerprint: str) -> Attempt:
     return Attempt(job_id, attached=True)
 
 
-
 def forget(redis: Redis, attempt: Attempt) -> None:
     """The job never reached the queue: let a retry start it."""
     if attempt.record is not None:

@@ -7,9 +7,9 @@ model are gathered into a batch once the oldest has waited ``gather_s`` or
 ``submitting`` first, so a batcher killed mid-submit finds it: the provider's batch is
 adopted by its metadata where the format has it, else sent again), less the jobs their
 agents cancelled meanwhile; batches in flight are polled, and an ended one's answers
-finish their jobs (``Finish``: the pipeline,
-with the answer standing in for the provider call) while its errored, expired or
-missing items go live. A batch whose jobs all went live is cancelled at its provider.
+finish their jobs (``Finish``: the pipeline, with the answer standing in for the
+provider call) while its errored, expired or missing items go live. A batch whose
+jobs all went live is cancelled at its provider.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ Finish = Callable[[dict[str, Any], Completion], Awaitable[None]]
 Send = Callable[[str, list[Any], str, str], None]
 #: Jobs finished at once from one ended batch.
 FINISH_CONCURRENCY = 64
-
 
 
 def chat_request(fleet: FleetConfig, job: CompletionJob, model: str) -> ChatRequest:

@@ -231,6 +231,5 @@ class _Keeping:
         self._timer.cancel()
 
 
-
 def _now_ms() -> float:
     return time.time() * 1000

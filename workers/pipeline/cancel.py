@@ -2,8 +2,8 @@
 sets its cancel key. A job cancelled before it started is refused without a provider
 call (``OnceStep`` reads the key with its claim); one in flight is stopped within a
 second: this step looks every half second, and cancels the rest of the job (the task it
-runs in, from this step in), which closes
-its provider call. What a stream wrote until then is billed."""
+runs in, from this step in), which closes its provider call. What a stream wrote until
+then is billed."""
 
 from __future__ import annotations
 
