@@ -1,14 +1,17 @@
 """One per worker process: an event loop thread and what lives on it.
 
-Celery's thread pool runs the task bodies; each body hands its job to this loop and
-waits. So a worker process keeps as many provider calls in flight as it has pool
-threads, all on one pooled HTTP client (httpx's API over aiohttp's transport, which
-stays fast at high concurrency where httpx's own async transport does not).
+Jobs run on this loop, started straight from Celery's consumer (``workers.intake``);
+the other tasks run in Celery's pool threads, and those that need the loop hand their
+work to it and wait. So a worker process keeps as many provider calls in flight as its
+prefetch window (``--concurrency``) lets it take jobs, all on one pooled HTTP client
+(httpx's API over aiohttp's transport, which stays fast at high concurrency where
+httpx's own async transport does not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -141,7 +144,11 @@ class WorkerRuntime:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and block this thread until it is done."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self.start(coro).result(timeout)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop; its future (``workers.intake`` starts jobs so)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:
         async def _close() -> None:

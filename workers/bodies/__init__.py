@@ -15,6 +15,7 @@ from workers.bodies.experiments import EXPERIMENT_BODIES
 from workers.bodies.housekeeping import HOUSEKEEPING_BODIES
 from workers.bodies.jobs import JOB_BODIES
 from workers.bodies.templates import TEMPLATE_BODIES
+from workers.intake import job_strategy
 
 __all__ = ["bind_tasks"]
 
@@ -24,4 +25,7 @@ def bind_tasks(app: Celery) -> None:
     bodies: dict[str, Callable[..., Any]] = {
         **JOB_BODIES, **HOUSEKEEPING_BODIES, **TEMPLATE_BODIES, **EXPERIMENT_BODIES}
     for name, body in bodies.items():
-        app.task(name=name, **TASK_OPTIONS[name])(body)
+        options = dict(TASK_OPTIONS[name])
+        if name in JOB_BODIES:  # run on the event loop from the consumer (JobPool only)
+            options["Strategy"] = f"{job_strategy.__module__}:{job_strategy.__name__}"
+        app.task(name=name, **options)(body)

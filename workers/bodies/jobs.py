@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from celery import current_task
@@ -52,7 +52,7 @@ from workers.runtime import WorkerRuntime, get_runtime
 
 Job = CompletionJob | EmbeddingJob
 
-__all__ = ["JOB_BODIES", "finish_batched"]
+__all__ = ["JOB_BODIES", "JOB_COROUTINES", "finish_batched"]
 
 log = logging.getLogger(__name__)
 
@@ -207,30 +207,43 @@ async def _settle(runtime: WorkerRuntime, ticket: Ticket, ctx: JobContext,
 
 # The bodies return nothing: each job's outcome went to its state key and its client's
 # reply channel (Celery stores no result for them: ``tasks.names`` sets ignore_result).
+# A worker runs their coroutines on its event loop straight from the consumer
+# (``workers.intake``); the synchronous bodies are Celery's way in under another pool.
 
 
-def complete(payload: Any) -> None:
-    runtime = get_runtime()
-    runtime.run(_observed(payload, CompletionJob, runtime, _message_id()))
+async def _complete(runtime: WorkerRuntime, payload: Any, message_id: str | None) -> None:
+    await _observed(payload, CompletionJob, runtime, message_id)
 
 
-def complete_batch(payloads: Any) -> None:
+async def _complete_batch(runtime: WorkerRuntime, payloads: Any, _: str | None) -> None:
     """Many jobs of one tier from one message, run concurrently, each finished on its
     own (a parked job later, when it is sent again)."""
-    runtime = get_runtime()
     if not isinstance(payloads, list):
         log.error("a batch message must carry a list of jobs: dropped")
         return
-
-    async def run_all() -> None:
-        await asyncio.gather(*(_observed(p, CompletionJob, runtime) for p in payloads))
-
-    runtime.run(run_all())
+    await asyncio.gather(*(_observed(p, CompletionJob, runtime) for p in payloads))
 
 
-def embed(payload: Any) -> None:
-    runtime = get_runtime()
-    runtime.run(_observed(payload, EmbeddingJob, runtime, _message_id()))
+async def _embed(runtime: WorkerRuntime, payload: Any, message_id: str | None) -> None:
+    await _observed(payload, EmbeddingJob, runtime, message_id)
+
+
+#: A job task's work on the event loop, from its message's one argument and its id.
+JobCoroutine = Callable[[WorkerRuntime, Any, "str | None"], Coroutine[Any, Any, None]]
+JOB_COROUTINES: dict[str, JobCoroutine] = {
+    COMPLETE: _complete, COMPLETE_BATCH: _complete_batch, EMBED: _embed,
+}
+
+
+def _body(name: str) -> Callable[[Any], None]:
+    work = JOB_COROUTINES[name]
+
+    def body(payload: Any) -> None:
+        runtime = get_runtime()
+        runtime.run(work(runtime, payload, _message_id()))
+
+    body.__name__ = body.__qualname__ = name.rsplit(".", 1)[-1]
+    return body
 
 
 def _message_id() -> str | None:
@@ -241,6 +254,4 @@ def _message_id() -> str | None:
 
 
 #: Bound by ``workers.bodies.bind_tasks``.
-JOB_BODIES: dict[str, Callable[..., Any]] = {
-    COMPLETE: complete, COMPLETE_BATCH: complete_batch, EMBED: embed,
-}
+JOB_BODIES: dict[str, Callable[..., Any]] = {name: _body(name) for name in JOB_COROUTINES}

@@ -29,7 +29,8 @@ def _tiers(value: str | None, known: list[str]) -> list[str]:
 @click.option("--tiers", help="Comma-separated tiers to consume (default: every tier, "
               "embeddings included).")
 @click.option("--concurrency", "-c", default=64, show_default=True, type=click.IntRange(1, 1024),
-              help="Jobs in flight in this process (pool threads).")
+              help="Jobs in flight in this process (its prefetch window; also the "
+              "pool threads of its other tasks).")
 @click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
 @click.option("--hostname", "-n", default=None, help="Worker node name (default from tiers).")
 def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | None) -> None:
@@ -65,7 +66,10 @@ def worker(tiers: str | None, concurrency: int, loglevel: str, hostname: str | N
     use_fleet_transport(app, services.redis_url)
     warm_up()  # build the HTTP client and load the tokenizer now, not in the first job
     name = hostname or f"llmfleet-{'-'.join(chosen)}@%h"
-    app.worker_main(["worker", "--queues", ",".join(queues), "--pool", "threads",
+    from workers.intake import JobPool
+
+    app.conf.worker_pool = f"{JobPool.__module__}:{JobPool.__name__}"
+    app.worker_main(["worker", "--queues", ",".join(queues),
                      "--concurrency", str(concurrency), "--loglevel", loglevel,
                      "--hostname", name, "--without-mingle", "--without-gossip"])
 
