@@ -74,7 +74,7 @@ def render(opts: Options, phases: dict[str, Phase], goals: dict[str, Any],
            ledger: Ledger) -> str:
     extra = " ".join(f"{k}={v}" for k, v in opts.env.items())
     lines = [f"llmfleet throughput: simulator {opts.latency_ms:g} ms, {opts.workers} worker "
-             f"process(es) x {opts.concurrency} threads, {os.cpu_count()} CPUs, loopback"
+             f"process(es), --concurrency {opts.concurrency}, {os.cpu_count()} CPUs, loopback"
              + (f", {extra}" if extra else ""), "",
              f"{'phase':<43}{'jobs':>6}{'err':>5}{'secs':>7}{'jobs/s':>8}{'p50 ms':>8}"
              f"{'p99 ms':>8}{'redis/job':>10}{'cpu ms/job':>11}{'wlog':>6}   cpu %: "

@@ -234,7 +234,8 @@ def parse(argv: list[str] | None) -> Options:
     add("--in-flight", type=int, default=64, help="client threads, one job in flight each")
     add("--latency-ms", type=float, default=50.0, help="the simulator's answer delay")
     add("--workers", type=int, default=1, help="worker processes (fleet and baseline)")
-    add("--concurrency", type=int, default=64, help="pool threads per worker process")
+    add("--concurrency", type=int, default=64,
+        help="jobs in flight per worker process (the baseline's pool threads)")
     add("--batch-size", type=int, default=256, help="jobs per submit_many call")
     add("--batches-in-flight", type=int, default=4, help="submit_many calls in flight")
     add("--samples", type=int, default=300, help="round trips per latency phase")

@@ -90,25 +90,31 @@ class JobPool(TaskPool):  # type: ignore[misc]  # Celery ships no type hints
 
 
 class _Running:
-    """A job in flight as the worker's state keeps a task (``celery.worker.state``), so
-    that ``inspect active`` and the task counts include it. Its ``info`` has the keys
-    of Celery's own requests; its arguments are the message's summary (``argsrepr``:
-    ids, never the prompt)."""
+    """A job in flight as the worker's state keeps a task's request
+    (``celery.worker.state``), so that ``inspect active``, the task counts and the
+    sweeper's heartbeat (the delivery tags this worker holds: ``workers.recovery.held``)
+    include it. It has what Celery's consumer touches on the requests it keeps: across
+    a reconnect (``eventer``), a cold shutdown (``task``, ``acknowledged``, ``cancel``)
+    and ``inspect`` (``info``: the keys of Celery's own, the message's summary for
+    arguments, ids and never the prompt)."""
 
-    __slots__ = ("__weakref__", "_delivery_info", "_hostname", "_summary", "id", "name",
-                 "time_start")  # the state keeps its active tasks in a WeakSet
-
-    def __init__(self, task_id: str, name: str, summary: Any, hostname: str,
-                 delivery_info: Any) -> None:
-        self.id, self.name, self._summary = task_id, name, summary
-        self._hostname, self._delivery_info = hostname, delivery_info
+    def __init__(self, task: Any, message: Any, hostname: str) -> None:
+        self.task, self.name, self.message, self.hostname = task, task.name, message, hostname
+        task_id = message.headers.get("id")
+        self.id: str = task_id if isinstance(task_id, str) else ""
         self.time_start = time.time()
+        self.acknowledged = False
+        self.eventer: Any = None
 
     def info(self, safe: bool = False) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "args": self._summary, "kwargs": {},
-                "type": self.name, "hostname": self._hostname,
-                "time_start": self.time_start, "acknowledged": False,
-                "delivery_info": self._delivery_info, "worker_pid": os.getpid()}
+        return {"id": self.id, "name": self.name, "args": self.message.headers.get("argsrepr"),
+                "kwargs": {}, "type": self.name, "hostname": self.hostname,
+                "time_start": self.time_start, "acknowledged": self.acknowledged,
+                "delivery_info": self.message.delivery_info, "worker_pid": os.getpid()}
+
+    def cancel(self, pool: Any, emit_retry: bool = True) -> None:
+        """A cold shutdown cancels the tasks in flight: a job's message is not
+        acknowledged, so it comes back, and its claim keeps it from running twice."""
 
     def terminate(self, pool: Any, signal: Any = None) -> None:
         """``revoke --terminate`` stops a task's process or thread; a job has neither,
@@ -152,10 +158,8 @@ def job_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Handler:
             ack(log, errors)
             return
         args = body[0]
-        message_id = task_id if isinstance(task_id, str) else None
-        running = _Running(message_id or "", name, message.headers.get("argsrepr"),
-                           hostname, message.delivery_info)
-        future = runtime.start(start(runtime, args[0], message_id))
+        running = _Running(task, message, hostname)
+        future = runtime.start(start(runtime, args[0], running.id or None))
         worker_state.task_accepted(running)
         pool.track(future)
 
@@ -165,7 +169,8 @@ def job_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Handler:
                 return
             exc = ended.exception()
             if exc is not None:  # the job bodies catch everything: a bug of ours
-                log.error("%s[%s] failed unexpectedly", name, task_id, exc_info=exc)
+                log.error("%s[%s] failed unexpectedly", name, running.id, exc_info=exc)
+            running.acknowledged = True
             ack(log, errors)
 
         future.add_done_callback(done)

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -66,3 +67,30 @@ def test_job_tasks_run_under_a_pool_of_celerys_own(
     finally:
         client.close()
         stop_process(worker)
+
+
+def test_a_job_in_flight_is_an_active_task_of_its_worker(
+        fleet_env: dict[str, str], fleet: FleetConfig, sim: Any, tmp_path: Path) -> None:
+    # Given a job that takes its provider 2 s
+    sim.configure(latency_ms=2000)
+    prompt = f"secret prompt {uuid.uuid4().hex}"
+    with client_with_worker(fleet_env, fleet, "simple", "intake-active", tmp_path / "w.log",
+                            "intake-active") as client:
+        handle = client.submit(prompt, tier="simple", max_tokens=8)
+        # When its worker is inspected while it runs
+        found: list[dict[str, Any]] = []
+
+        def listed() -> bool:
+            active = client._app.control.inspect(timeout=0.5).active() or {}
+            found[:] = [t for tasks in active.values() for t in tasks
+                        if t["id"] == handle.job_id]
+            return bool(found)
+
+        wait_until(listed, timeout=20, interval=0.1)
+        # Then it is an active task with its message's delivery info and a summary of its
+        # arguments (its ids, never its prompt), and it is gone once answered
+        task = found[0]
+        assert task["name"] == COMPLETE and task["delivery_info"]["routing_key"] == "llm.simple"
+        assert handle.job_id in str(task["args"]) and "secret prompt" not in str(task)
+        assert handle.get(timeout=30).content
+        wait_until(lambda: not listed(), timeout=10)
