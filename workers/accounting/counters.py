@@ -88,13 +88,20 @@ def _rows(histogram: dict[tuple[str, float], dict[str, Any]]) -> list[dict[str, 
             for key, value in sorted(histogram.items())]
 
 
-def _add(table: Table, keys: tuple[str, ...], sums: tuple[str, ...],
-         values: list[dict[str, Any]]) -> Insert:
-    """One multi-row upsert adding ``values`` to the rows they key."""
-    statement = insert(table).values(values)
+def _adder(table: Table, keys: tuple[str, ...], sums: tuple[str, ...]) -> Insert:
+    """An upsert adding a row's sums to the row it keys, run once per flush over many
+    rows (executemany): the same statement whatever their number, so SQLAlchemy compiles
+    it once. A multi-row VALUES statement was compiled again at every flush, on the
+    worker's event loop, where its jobs waited it out: 39 ms for 150 rows here."""
+    statement = insert(table)
     return statement.on_conflict_do_update(
         index_elements=list(keys),
         set_={name: table.c[name] + statement.excluded[name] for name in sums})
+
+
+_ADD_COUNTERS = _adder(metric_counters, _KEY, _SUMS)
+_ADD_LATENCY = _adder(metric_latency, _LATENCY_KEY, _LATENCY_SUMS)
+_ADD_TTFT = _adder(metric_ttft, _LATENCY_KEY, _LATENCY_SUMS)
 
 
 async def count_landed(connection: AsyncConnection,
@@ -102,9 +109,7 @@ async def count_landed(connection: AsyncConnection,
     """Add ``rows`` (``LEDGER_COLUMNS`` of ledger rows just inserted on ``connection``,
     in its transaction) to the counters."""
     counters, latency, ttft = tally(rows)
-    if counters:
-        await connection.execute(_add(metric_counters, _KEY, _SUMS, counters))
-    if latency:
-        await connection.execute(_add(metric_latency, _LATENCY_KEY, _LATENCY_SUMS, latency))
-    if ttft:
-        await connection.execute(_add(metric_ttft, _LATENCY_KEY, _LATENCY_SUMS, ttft))
+    for statement, values in ((_ADD_COUNTERS, counters), (_ADD_LATENCY, latency),
+                              (_ADD_TTFT, ttft)):
+        if values:
+            await connection.execute(statement, values)
