@@ -20,7 +20,9 @@ in flight still count against the prefetch window, which is ``--concurrency``.
 
 Each job in flight is still in the worker's state (``_Running``): ``celery inspect
 active``, Flower's task view and the worker's task counts show it as they would a task
-in a pool thread.
+in a pool thread. Celery's ``revoke`` does not apply to jobs: it would drop a job with
+no outcome for its agent and no ledger row. An agent cancels its job instead
+(``JobHandle.cancel``), and the job ends cancelled, with its row.
 
 The pool (``JobPool``) is Celery's thread pool, still running every other task
 (housekeeping, templates, experiments), that also knows the jobs in flight: a warm
