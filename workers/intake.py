@@ -151,17 +151,15 @@ def job_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Handler:
             reject(log, errors, requeue=False)
 
     def _start(message: Any, body: Any, ack: Any) -> None:
-        task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
+        running = _Running(task, message, hostname)
         if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], list)
                 and len(body[0]) == 1 and not body[1]):
             # As a task called with the wrong arguments would: failed, acknowledged.
             log.error("%s[%s]: a job message carries one positional argument: dropped",
-                      name, task_id)
+                      name, running.id)
             ack(log, errors)
             return
-        args = body[0]
-        running = _Running(task, message, hostname)
-        future = runtime.start(start(runtime, args[0], running.id or None))
+        future = runtime.start(start(runtime, body[0][0], running.id or None))
         worker_state.task_accepted(running)
         pool.track(future)
 
